@@ -1,0 +1,33 @@
+#!/bin/bash
+# PID 1 inside the qemu guest, after switch_root into the Debian rootfs.
+#
+# Runs pytest on the read-only checkout at /src, writes pytest's exit code
+# and JUnit XML to /results (a writable 9p share the host reads), powers off.
+# Extra pytest arguments come from /results/args (NUL-separated).
+set -u
+
+export PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+hostname meshnet-kernel
+ip link set lo up
+
+args=()
+if [ -s /results/args ]; then
+    mapfile -d '' args < /results/args
+fi
+
+echo "MESHNET-KERNEL: guest up, kernel $(uname -r), running pytest"
+cd /src
+python -m pytest -m kernel -p no:cacheprovider --color=no --junitxml=/results/junit.xml \
+    tests/kernel "${args[@]}"
+rc=$?
+echo "$rc" > /results/rc
+sync
+echo o > /proc/sysrq-trigger
+sleep 10
