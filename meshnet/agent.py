@@ -1,0 +1,476 @@
+"""The per-host agent: wires the store, keys, transit tunnel, replication and APIs.
+
+One asyncio loop. Blocking work (netlink, wireguard-go, SQLite writes) is short and
+runs in worker threads where it must (pyroute2's sync API runs its own event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from meshnet import join as handshake
+from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
+from meshnet.discovery import Advertiser, find_members, parse_addr
+from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotMember
+from meshnet.hlc import HLC
+from meshnet.host import links
+from meshnet.host.wireguard import Backend, choose
+from meshnet.keys import NodeKeys, b64, load_or_create, unb64, write_secret
+from meshnet.plan import transit
+from meshnet.plan.wireguard import PeerStats, desired, diff
+from meshnet.rows import Row
+from meshnet.store import Store
+from meshnet.store.models import Cluster, Node
+from meshnet.token import JoinToken, secret_hash
+
+log = logging.getLogger("meshnet.agent")
+
+SECRET_FILE = "cluster.secret"
+PEER_TIMEOUT = 3.0
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.store = Store(cfg.state_dir / "meshnet.db")
+        self.keys: NodeKeys = load_or_create(cfg.state_dir)
+        self.hlc = HLC()
+        self.backend: Backend | None = None
+        self.nonces = handshake.NonceCache()
+        self.advertiser = Advertiser()
+        self.stats: dict[str, PeerStats] = {}
+        self.name = cfg.name or socket.gethostname()
+        self._host_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._http: httpx.AsyncClient | None = None
+
+    # -- state helpers ------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.keys.node_id
+
+    def cluster(self) -> Cluster | None:
+        return self.store.cluster()
+
+    def require_cluster(self) -> Cluster:
+        cluster = self.cluster()
+        if cluster is None:
+            raise NotMember("this node is not in a cluster: run `meshnet init` or `meshnet join`")
+        return cluster
+
+    def me(self) -> Node | None:
+        return self.store.node(self.node_id)
+
+    def token(self) -> JoinToken:
+        cluster = self.require_cluster()
+        secret = unb64((self.cfg.state_dir / SECRET_FILE).read_text().strip(), 32)
+        return JoinToken(bytes.fromhex(cluster.id), secret)
+
+    def _own_row(self, **data) -> Row:
+        return Row("node", self.node_id, self.node_id, self.hlc.now(), False, data).signed(self.keys)
+
+    def _node_data(self, ip: str, transit_ip: str, state: str = "active") -> dict:
+        return {"name": self.name, "identity_pub": self.keys.identity_pub,
+                "wg_pub": self.keys.wireguard_pub, "endpoint": f"{ip}:{self.cfg.wireguard_port}",
+                "control": f"{ip}:{self.cfg.listen_port}", "transit_ip": transit_ip,
+                "state": state, "labels": {}}
+
+    def merge(self, rows: list[Row], source: str) -> list[Row]:
+        for r in rows:
+            self.hlc.observe(r.version)
+        changed, refused = self.store.merge(rows)
+        for why in refused:
+            log.warning("refused a row from %s: %s", source, why)
+        if changed:
+            self._changed.set()
+        return [r for r, _ in changed]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self.store.upgrade)
+        self.hlc.observe(self.store.max_version())
+        self._http = httpx.AsyncClient(timeout=PEER_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        from meshnet.api.server import make_apps  # the API depends on the agent, not back
+
+        local_app, control_app = make_apps(self)
+        runners = [web.AppRunner(local_app, access_log=None),
+                   web.AppRunner(control_app, access_log=None)]
+        for r in runners:
+            await r.setup()
+        self.cfg.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.cfg.socket_path.unlink(missing_ok=True)
+        old_umask = os.umask(0o077)  # the socket is root's only
+        try:
+            await web.UnixSite(runners[0], str(self.cfg.socket_path)).start()
+        finally:
+            os.umask(old_umask)
+        await web.TCPSite(runners[1], self.cfg.listen_host, self.cfg.listen_port,
+                          reuse_address=True).start()
+        log.info("agent %s (%s) listening on %s and %s:%d", self.name, self.node_id,
+                 self.cfg.socket_path, self.cfg.listen_host, self.cfg.listen_port)
+        if self.cluster() is not None:
+            await self._come_up()
+        self._spawn(self._reconcile_loop())
+        self._spawn(self._anti_entropy_loop())
+        await self._stop.wait()
+        log.info("agent stopping")
+        for t in list(self._tasks):
+            t.cancel()
+        await self.advertiser.stop()
+        for r in runners:
+            await r.cleanup()
+        await self._http.aclose()
+        self.cfg.socket_path.unlink(missing_ok=True)
+        self.store.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _come_up(self) -> None:
+        """Bring this member's tunnel and mDNS announcement up (after init, join or restart)."""
+        await self.reconcile()
+        me, cluster = self.me(), self.cluster()
+        if me is not None and cluster is not None and self.cfg.mdns:
+            ip, port = parse_addr(me.control)
+            try:
+                await self.advertiser.start(self.name, self.node_id, JoinToken(
+                    bytes.fromhex(cluster.id), b"").tag, ip, port)
+            except Exception as e:  # mDNS is a convenience; a member works without it
+                log.warning("mDNS announcement failed: %s", e)
+
+    # -- transit reconcile --------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        async with self._host_lock:
+            await asyncio.to_thread(self._reconcile_sync)
+
+    def _reconcile_sync(self) -> None:
+        cluster, me = self.cluster(), self.me()
+        if cluster is None or me is None or me.state != "active":
+            return
+        if self.backend is None:
+            self.backend = choose(self.cfg.wireguard, self.cfg.wireguard_go, self.cfg.interface,
+                                  self.cfg.state_dir / "wireguard-go.log")
+            log.info("WireGuard backend: %s", self.backend.name)
+        ifname = self.cfg.interface
+        if not self.backend.exists(ifname):
+            self.backend.create(ifname)
+        current, _ = self.backend.read(ifname)
+        want = desired(self.node_id, self.keys.wireguard_private, self.cfg.wireguard_port,
+                       self.store.nodes())
+        ops = diff(current, want)
+        if ops:
+            log.info("WireGuard %s: %d change(s): %s", ifname, len(ops),
+                     ", ".join(type(o).__name__ for o in ops))
+            self.backend.apply(ifname, ops)
+        prefix = ipaddress.ip_network(cluster.settings["transit_cidr"]).prefixlen
+        underlay_ip, _ = parse_addr(me.endpoint)
+        _, underlay_mtu = links.underlay_for(underlay_ip)
+        links.ensure_address_mtu_up(ifname, f"{me.transit_ip}/{prefix}",
+                                    underlay_mtu - WIREGUARD_OVERHEAD)
+        _, stats = self.backend.read(ifname)
+        self.stats = {s.public_key: s for s in stats}
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.cfg.reconcile_interval)
+            self._changed.clear()
+            try:
+                await self._resolve_transit_clash()
+                await self.reconcile()
+            except MeshnetError as e:
+                log.error("reconcile failed: %s", e)
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def _resolve_transit_clash(self) -> None:
+        cluster, me = self.cluster(), self.me()
+        if cluster is None or me is None or me.state != "active":
+            return
+        nodes = self.store.nodes()
+        if transit.must_move(me, nodes):
+            ip = transit.allocate(cluster.settings["transit_cidr"],
+                                  [n for n in nodes if n.id != me.id])
+            log.warning("transit address %s is claimed by an earlier node; moving to %s",
+                        me.transit_ip, ip)
+            await self.write_own(transit_ip=ip)
+
+    async def write_own(self, **changes) -> Row:
+        me = self.me()
+        assert me is not None
+        data = {k: getattr(me, k) for k in Node.DATA} | changes
+        row = self._own_row(**data)
+        self.merge([row], "self")
+        await self.push([row])
+        return row
+
+    # -- replication ------------------------------------------------------------------
+
+    def peers(self) -> list[Node]:
+        return [n for n in transit.active(self.store.nodes()) if n.id != self.node_id]
+
+    def _peer_url(self, n: Node, path: str) -> str:
+        return f"http://{n.transit_ip}:{parse_addr(n.control)[1]}{path}"
+
+    async def push(self, rows: list[Row], exclude: set[str] = frozenset()) -> None:
+        """Send new rows to every member now; anti-entropy repairs what does not arrive."""
+        body = {"rows": [r.to_json() for r in rows]}
+
+        async def one(n: Node) -> None:
+            try:
+                await self._http.post(self._peer_url(n, "/peer/v1/rows"), json=body)
+            except httpx.HTTPError as e:
+                log.debug("push to %s failed: %s", n.name, e)
+
+        await asyncio.gather(*(one(n) for n in self.peers() if n.id not in exclude))
+
+    async def _anti_entropy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.anti_entropy_interval * random.uniform(0.75, 1.25))
+            peers = self.peers() if self.cluster() is not None else []
+            if peers:
+                try:
+                    await self.sync_with(random.choice(peers))
+                except (httpx.HTTPError, ValueError) as e:
+                    log.debug("anti-entropy failed: %s", e)
+
+    async def sync_with(self, peer: Node) -> None:
+        """One anti-entropy round: trade per-owner digests, each side sends what differs."""
+        resp = await self._http.post(self._peer_url(peer, "/peer/v1/sync"),
+                                     json={"digest": self.store.digest()})
+        resp.raise_for_status()
+        body = resp.json()
+        self.merge([Row.from_json(r) for r in body.get("rows", [])], peer.name)
+        want = set(body.get("want", []))
+        if want:
+            rows = self.store.rows(owners=want)
+            await self._http.post(self._peer_url(peer, "/peer/v1/rows"),
+                                  json={"rows": [r.to_json() for r in rows]})
+
+    def answer_sync(self, their_digest: dict) -> dict:
+        mine = self.store.digest()
+        differ = {o for o in set(mine) | set(their_digest) if mine.get(o) != their_digest.get(o)}
+        rows = self.store.rows(owners={o for o in differ if o in mine})
+        return {"rows": [r.to_json() for r in rows], "want": sorted(o for o in differ
+                                                                      if o in their_digest)}
+
+    def is_peer_address(self, ip: str) -> bool:
+        return any(n.transit_ip == ip for n in self.peers())
+
+    # -- cluster membership: init, admit, join, leave -------------------------------------
+
+    async def _advertise(self, addr: str | None) -> str:
+        try:
+            ip = parse_addr(addr, self.cfg.listen_port)[0] if addr else None
+        except ValueError as e:
+            raise MeshnetError(f"bad --advertise-addr: {e}") from None
+        if ip is None:
+            ip = await asyncio.to_thread(links.default_address)
+            if ip is None:
+                raise MeshnetError("no address to advertise: pass --advertise-addr IP")
+        await asyncio.to_thread(links.underlay_for, ip)  # must be one of ours
+        return ip
+
+    async def init(self, advertise: str | None, transit_cidr: str, network_pool: str) -> dict:
+        if self.cluster() is not None:
+            raise Conflict(f"already a member of cluster {self.cluster().id}; run `meshnet leave` first")
+        routes = await asyncio.to_thread(links.routed_networks)
+        for cidr, what, flag in ((transit_cidr, "transit range", "--transit-cidr"),
+                                 (network_pool, "network pool", "--network-pool")):
+            try:
+                net = ipaddress.ip_network(cidr)
+            except ValueError:
+                raise MeshnetError(f"invalid {what} {cidr!r}: expected a CIDR like 10.249.0.0/16") from None
+            for routed, dev in routes:
+                if dev != self.cfg.interface and net.overlaps(ipaddress.ip_network(routed)):
+                    raise Conflict(f"{what} {cidr} overlaps {routed} routed on {dev}; "
+                                   f"choose another with {flag}")
+        ip = await self._advertise(advertise)
+        token = JoinToken.generate()
+        write_secret(self.cfg.state_dir / SECRET_FILE, (b64(token.secret) + "\n").encode())
+        self.store.save_cluster(Cluster(
+            id=token.cluster_hex, secret_hash=secret_hash(token.secret), created=time.time(),
+            settings={"transit_cidr": transit_cidr, "network_pool": network_pool}))
+        first = transit.allocate(transit_cidr, [])
+        self.merge([self._own_row(**self._node_data(ip, first))], "self")
+        await self._come_up()
+        return self.token_info()
+
+    def token_info(self) -> dict:
+        me, token = self.me(), self.token()
+        return {"token": token.encode(), "cluster_id": token.cluster_hex,
+                "join_command": f"meshnet join --token {token.encode()} {me.control if me else ''}".strip()}
+
+    def admit(self, envelope: object) -> dict:
+        """Answer a join request from the underlay (refusals raise JoinRefused)."""
+        if self.cluster() is None:
+            raise JoinRefused("this node is not in a cluster")
+        token = self.token()
+        opened = handshake.open_request(envelope, token, self.nonces, time.time())
+        if opened.kind == "hello":
+            reply = {"cluster_id": token.cluster_hex, "settings": self.cluster().settings,
+                     "rows": [r.to_json() for r in self.store.rows()]}
+            return handshake.seal_response(token, opened, reply)
+        try:
+            row = Row.from_json(opened.payload.get("row"))
+        except ValueError as e:
+            raise JoinRefused(f"malformed node row: {e}") from None
+        if row.kind != "node" or row.deleted:
+            raise JoinRefused("a join registers the joiner's own node row")
+        net = ipaddress.ip_network(self.cluster().settings["transit_cidr"])
+        if ipaddress.ip_address(row.data["transit_ip"]) not in net:
+            raise JoinRefused(f"transit address {row.data['transit_ip']} is outside {net}")
+        for n in transit.active(self.store.nodes()):
+            if n.transit_ip == row.data["transit_ip"] and n.id != row.id:
+                raise JoinRefused(f"transit address {n.transit_ip} is taken by {n.name}; retry")
+        changed = self.merge([row], f"joiner {row.data['name']}")
+        if not changed and (existing := self.store.node(row.id)) and existing.version != row.version:
+            raise JoinRefused("node row refused (bad signature or stale version)")
+        log.info("admitted %s (%s) at %s", row.data["name"], row.id, row.data["transit_ip"])
+        self._spawn(self.push([row], exclude={row.id}))
+        return handshake.seal_response(token, opened, {"rows": [r.to_json() for r in self.store.rows()]})
+
+    async def _exchange(self, host: str, port: int, token: JoinToken, kind: str, payload: dict) -> dict:
+        req = handshake.seal_request(token, kind, payload)
+        url = f"http://{host}:{port}/join/v1"
+        async with httpx.AsyncClient(timeout=10) as client:
+            resp = await client.post(url, json=req.envelope)
+        if resp.status_code == 403:
+            raise JoinRefused(f"join refused by {host}:{port}: {resp.json().get('error')}")
+        if resp.status_code != 200:
+            raise MeshnetError(f"join via {host}:{port} failed: HTTP {resp.status_code}: {resp.text[:200]}")
+        return handshake.open_response(resp.json(), token, req)
+
+    async def join(self, token_text: str, addrs: list[str], advertise: str | None) -> dict:
+        token = JoinToken.parse(token_text)
+        if (cluster := self.cluster()) is not None:
+            raise Conflict(f"already a member of cluster {cluster.id}; run `meshnet leave` first")
+        ip = await self._advertise(advertise)
+        try:
+            candidates = [parse_addr(a, self.cfg.listen_port) for a in addrs]
+        except ValueError as e:
+            raise MeshnetError(str(e)) from None
+        if not candidates:
+            candidates = await find_members(token.tag, ip)
+            if not candidates:
+                raise MeshnetError("no member of this cluster answered on the LAN (mDNS); "
+                                   "give one: meshnet join --token TOKEN HOST[:PORT]")
+        errors = []
+        for host, port in candidates:
+            try:
+                return await self._join_via(token, host, port, ip)
+            except (httpx.HTTPError, OSError) as e:
+                errors.append(f"{host}:{port}: {e or type(e).__name__}")
+        raise MeshnetError("could not reach a member: " + "; ".join(errors))
+
+    async def _join_via(self, token: JoinToken, host: str, port: int, ip: str) -> dict:
+        hello = await self._exchange(host, port, token, "hello", {
+            "id": self.node_id, "name": self.name, "identity_pub": self.keys.identity_pub})
+        try:
+            settings = hello["settings"]
+            cidr = settings["transit_cidr"]
+            rows = [Row.from_json(r) for r in hello["rows"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise JoinRefused(f"malformed join reply from {host}:{port}: {e}") from None
+        if hello.get("cluster_id") != token.cluster_hex:
+            raise JoinRefused(f"{host}:{port} answered for another cluster")
+        others = [_RowNode(r) for r in rows if r.kind == "node" and r.id != self.node_id]
+        own = self._own_row(**self._node_data(ip, transit.allocate(cidr, others)))
+        reply = await self._exchange(host, port, token, "register", {"row": own.to_json()})
+        # Admitted: only now is anything stored.
+        write_secret(self.cfg.state_dir / SECRET_FILE, (b64(token.secret) + "\n").encode())
+        self.store.save_cluster(Cluster(id=token.cluster_hex, secret_hash=secret_hash(token.secret),
+                                        created=time.time(), settings=settings))
+        self.merge([own], "self")
+        self.merge([Row.from_json(r) for r in reply.get("rows", [])], f"{host}:{port}")
+        await self._come_up()
+        me = self.me()
+        log.info("joined cluster %s via %s:%d as %s", token.cluster_hex, host, port, me.transit_ip)
+        self._spawn(self.push([own]))
+        return {"cluster_id": token.cluster_hex, "transit_ip": me.transit_ip,
+                "members": len(transit.active(self.store.nodes()))}
+
+    async def leave(self) -> dict:
+        cluster = self.require_cluster()
+        await self.write_own(state="left")  # tells every peer to drop us
+        await self.advertiser.stop()
+        async with self._host_lock:
+            backend = self.backend or choose(self.cfg.wireguard, self.cfg.wireguard_go,
+                                             self.cfg.interface)
+            try:
+                await asyncio.to_thread(backend.delete, self.cfg.interface)
+            except HostError as e:
+                log.warning("could not remove %s: %s", self.cfg.interface, e)
+            self.backend = None
+            self.stats = {}
+            self.store.forget_cluster()
+            (self.cfg.state_dir / SECRET_FILE).unlink(missing_ok=True)
+        log.info("left cluster %s", cluster.id)
+        return {"left": cluster.id}
+
+    # -- views ---------------------------------------------------------------------------
+
+    def node_views(self) -> list[dict]:
+        now = time.time()
+        out = []
+        for n in self.store.nodes():
+            s = self.stats.get(n.wg_pub)
+            hs = s.last_handshake if s else 0.0
+            out.append({
+                "id": n.id, "name": n.name, "transit_ip": n.transit_ip, "endpoint": n.endpoint,
+                "control": n.control, "state": n.state, "labels": n.labels, "version": n.version,
+                "self": n.id == self.node_id, "last_handshake": hs or None,
+                "handshake_age": round(now - hs, 1) if hs else None,
+                "rx_bytes": s.rx_bytes if s else 0, "tx_bytes": s.tx_bytes if s else 0,
+            })
+        return out
+
+    def status(self) -> dict:
+        cluster, me = self.cluster(), self.me()
+        return {
+            "node_id": self.node_id, "name": self.name, "member": cluster is not None,
+            "cluster_id": cluster.id if cluster else None,
+            "transit_ip": me.transit_ip if me else None,
+            "interface": self.cfg.interface,
+            "backend": self.backend.name if self.backend else None,
+            "members": len(transit.active(self.store.nodes())) if cluster else 0,
+        }
+
+
+class _RowNode:
+    """A node row seen as a NodeLike, for planning before anything is stored."""
+
+    def __init__(self, row: Row) -> None:
+        self.id, self.version, self.deleted = row.id, row.version, row.deleted
+        self.transit_ip = row.data.get("transit_ip", "")
+        self.state = row.data.get("state", "")
+
+
+def run(cfg: AgentConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    asyncio.run(Agent(cfg).run())

@@ -1,0 +1,51 @@
+"""`meshnet init | join | token | leave`: making and changing membership."""
+
+from __future__ import annotations
+
+import click
+
+from meshnet.cli.common import client
+
+
+@click.command()
+@click.option("--advertise-addr", default=None, metavar="IP[:PORT]",
+              help="Address other hosts reach this one at (default: the default route's source).")
+@click.option("--transit-cidr", default=None, help="Range for transit addresses (default 10.249.0.0/16).")
+@click.option("--network-pool", default=None, help="Pool for overlay subnets (default 10.10.0.0/16).")
+@click.pass_context
+def init(ctx: click.Context, advertise_addr, transit_cidr, network_pool) -> None:
+    """Create a cluster with this host as its first member."""
+    out = client(ctx).post("/v1/init", {"advertise_addr": advertise_addr,
+                                        "transit_cidr": transit_cidr, "network_pool": network_pool})
+    click.echo(f"Cluster {out['cluster_id']} created. To add a host, run there:\n\n"
+               f"    {out['join_command']}\n")
+
+
+@click.command()
+@click.option("--token", required=True, help="The join token (`meshnet token` on a member).")
+@click.option("--advertise-addr", default=None, metavar="IP", help="This host's underlay address.")
+@click.argument("addrs", nargs=-1, metavar="[ADDR[:PORT]]...")
+@click.pass_context
+def join(ctx: click.Context, token: str, advertise_addr: str | None, addrs: tuple[str, ...]) -> None:
+    """Join a cluster through any listed member, or one found on the LAN by mDNS."""
+    out = client(ctx).post("/v1/join", {"token": token, "addrs": list(addrs),
+                                        "advertise_addr": advertise_addr})
+    click.echo(f"Joined cluster {out['cluster_id']} as {out['transit_ip']} "
+               f"({out['members']} members).")
+
+
+@click.command()
+@click.option("--quiet", "-q", is_flag=True, help="Print only the token.")
+@click.pass_context
+def token(ctx: click.Context, quiet: bool) -> None:
+    """Print the join token and command again."""
+    out = client(ctx).get("/v1/token")
+    click.echo(out["token"] if quiet else out["join_command"])
+
+
+@click.command()
+@click.pass_context
+def leave(ctx: click.Context) -> None:
+    """Leave the cluster: peers drop this host, the tunnel is removed, keys are kept."""
+    out = client(ctx).post("/v1/leave")
+    click.echo(f"Left cluster {out['left']}.")

@@ -1,0 +1,1 @@
+"""Desired state, computed from the store by pure functions, and diffs against the kernel."""

@@ -1,0 +1,148 @@
+"""Store access: WAL-mode SQLite via SQLAlchemy, schema upgraded by alembic on open."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.orm import sessionmaker
+
+from meshnet.rows import Outcome, Row, check_signature, newer
+from meshnet.store.models import MODELS, Cluster, Node
+
+
+def migrations_dir() -> Path:
+    """migrations/ at the top of a checkout, or packaged inside the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise RuntimeError("meshnet migrations not found")
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url)
+    return cfg
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss too
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.url = f"sqlite:///{path}"
+        self.engine = create_engine(self.url)
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def upgrade(self) -> None:
+        command.upgrade(alembic_config(self.url), "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- cluster --------------------------------------------------------------------
+
+    def cluster(self) -> Cluster | None:
+        with self.session() as s:
+            return s.scalars(select(Cluster)).first()
+
+    def save_cluster(self, cluster: Cluster) -> None:
+        with self.session.begin() as s:
+            s.execute(delete(Cluster))
+            s.add(cluster)
+
+    def forget_cluster(self) -> None:
+        """Drop the membership and every replicated row (keys stay: a node may join again)."""
+        with self.session.begin() as s:
+            for model in MODELS.values():
+                s.execute(delete(model))
+            s.execute(delete(Cluster))
+
+    # -- replicated rows ------------------------------------------------------------
+
+    @staticmethod
+    def _to_row(obj) -> Row:
+        data = {k: getattr(obj, k) for k in obj.DATA}
+        return Row(obj.KIND, obj.id, obj.owner, obj.version, obj.deleted, data, obj.sig)
+
+    def nodes(self, include_deleted: bool = False) -> list[Node]:
+        with self.session() as s:
+            q = select(Node).order_by(Node.name, Node.id)
+            if not include_deleted:
+                q = q.where(Node.deleted.is_(False))
+            return list(s.scalars(q))
+
+    def node(self, node_id: str) -> Node | None:
+        with self.session() as s:
+            return s.get(Node, node_id)
+
+    def rows(self, owners: set[str] | None = None) -> list[Row]:
+        """Every replicated row (tombstones included), node rows first, for sending."""
+        out: list[Row] = []
+        with self.session() as s:
+            for model in MODELS.values():
+                q = select(model)
+                if owners is not None:
+                    q = q.where(model.owner.in_(owners))
+                out.extend(self._to_row(o) for o in s.scalars(q))
+        return out
+
+    def max_version(self) -> int:
+        return max((r.version for r in self.rows()), default=0)
+
+    def digest(self) -> dict[str, str]:
+        """Per owner, a hash of the (kind, id, version) set: equal hashes, equal rows."""
+        per_owner: dict[str, list[str]] = defaultdict(list)
+        for r in self.rows():
+            per_owner[r.owner].append(f"{r.kind}/{r.id}/{r.version}")
+        return {o: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest()[:16]
+                for o, v in per_owner.items()}
+
+    def merge(self, rows: list[Row]) -> tuple[list[tuple[Row, Outcome]], list[str]]:
+        """Apply rows that win the merge rule, in one transaction.
+
+        Returns (what changed, why rows were refused). A refused row changes nothing.
+        """
+        changed: list[tuple[Row, Outcome]] = []
+        refused: list[str] = []
+        now = time.time()
+        ordered = sorted(rows, key=lambda r: (r.kind != "node", r.version))
+        with self.session.begin() as s:
+            for row in ordered:
+                model = MODELS[row.kind]
+                existing = s.get(model, row.id)
+                outcome = newer(row, self._to_row(existing) if existing else None)
+                if outcome is Outcome.IGNORED:
+                    continue
+                owner = s.get(Node, row.owner)
+                why = check_signature(row, owner.identity_pub if owner else None)
+                if why is None and existing is not None and existing.owner != row.owner:
+                    why = f"{row.owner} may not overwrite a row owned by {existing.owner}"
+                if why:
+                    refused.append(f"{row.kind} {row.id}: {why}")
+                    continue
+                if existing is None:
+                    existing = model(id=row.id)
+                    s.add(existing)
+                for k in model.DATA:
+                    setattr(existing, k, row.data.get(k))
+                existing.owner, existing.version = row.owner, row.version
+                existing.deleted, existing.sig, existing.received = row.deleted, row.sig, now
+                s.flush()
+                changed.append((row, outcome))
+        return changed, refused

@@ -1,0 +1,51 @@
+"""SQLAlchemy models. The schema itself is made and upgraded by the alembic migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from meshnet.rows import SCHEMAS
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Cluster(Base):
+    """The one cluster this node belongs to (no row: not a member)."""
+
+    __tablename__ = "cluster"
+    id: Mapped[str] = mapped_column(String, primary_key=True)  # hex cluster id
+    secret_hash: Mapped[str] = mapped_column(String)  # the secret itself is a 0600 file
+    created: Mapped[float] = mapped_column(Float)
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)  # transit_cidr, network_pool ...
+
+
+class Replicated:
+    """Columns every replicated row carries (see meshnet.rows)."""
+
+    owner: Mapped[str] = mapped_column(String, index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    sig: Mapped[str] = mapped_column(String)
+    received: Mapped[float] = mapped_column(Float)  # local time the row arrived (not replicated)
+
+
+class Node(Replicated, Base):
+    __tablename__ = "nodes"
+    KIND = "node"
+    DATA = tuple(SCHEMAS["node"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String)
+    identity_pub: Mapped[str] = mapped_column(String)
+    wg_pub: Mapped[str] = mapped_column(String)
+    endpoint: Mapped[str] = mapped_column(String)  # underlay ip:port of WireGuard
+    control: Mapped[str] = mapped_column(String)  # underlay ip:port of the join listener
+    transit_ip: Mapped[str] = mapped_column(String)
+    state: Mapped[str] = mapped_column(String)  # active | left
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+MODELS: dict[str, type] = {Node.KIND: Node}
