@@ -433,6 +433,17 @@ class Agent:
 
     # -- views ---------------------------------------------------------------------------
 
+    async def refresh_stats(self) -> None:
+        """Read handshake ages and byte counters from the device now."""
+        if self.backend is None or self.cluster() is None:
+            return
+        try:
+            _, stats = await asyncio.to_thread(self.backend.read, self.cfg.interface)
+        except MeshnetError as e:
+            log.warning("could not read %s: %s", self.cfg.interface, e)
+            return
+        self.stats = {s.public_key: s for s in stats}
+
     def node_views(self) -> list[dict]:
         now = time.time()
         out = []

@@ -42,8 +42,13 @@ MAX_ENVELOPE = 1 << 20  # bytes; larger requests are refused before parsing
 
 
 def _mac(key: bytes, *parts: str) -> str:
-    data = "\n".join(parts).encode()
+    data = "\n".join(parts).encode("utf-8", "surrogatepass")  # any JSON string, even a lone surrogate
     return b64(blake2b(data, key=key, digest_size=32, encoder=RawEncoder))
+
+
+def _same_mac(expected: str, given: str) -> bool:
+    """Constant-time compare of any text from the wire (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
 
 
 def _request_mac(token: JoinToken, env: dict) -> str:
@@ -120,11 +125,12 @@ def open_request(env: object, token: JoinToken, nonces: NonceCache, now: float) 
         raise JoinRefused("the token is for another cluster")
     if env["kind"] not in KINDS:
         raise JoinRefused("malformed join request")
-    if not hmac.compare_digest(_request_mac(token, env), env["mac"]):
+    if not _same_mac(_request_mac(token, env), env["mac"]):
         raise JoinRefused("wrong token: the secret does not match this cluster's")
-    if abs(now - env["ts"]) > MAX_SKEW:
+    ts = max(-(2**53), min(env["ts"], 2**53))  # a huge int would overflow the float arithmetic
+    if abs(now - ts) > MAX_SKEW:
         raise JoinRefused(
-            f"join request timestamp is {now - env['ts']:+.0f} s off (limit ±{MAX_SKEW:.0f} s): "
+            f"join request timestamp is {now - ts:+.0f} s off (limit ±{MAX_SKEW:.0f} s): "
             "replayed request or clock skew"
         )
     if not nonces.check_and_add(env["nonce"], now):
@@ -153,7 +159,7 @@ def open_response(env: object, token: JoinToken, request: Request) -> dict:
     if not isinstance(env, dict) or not all(isinstance(env.get(k), str) for k in ("epk", "body", "mac")):
         raise JoinRefused("malformed join reply")
     expected = _mac(token.mac_key(), request.envelope["mac"], env["epk"], env["body"])
-    if not hmac.compare_digest(expected, env["mac"]):
+    if not _same_mac(expected, env["mac"]):
         raise JoinRefused("join reply failed authentication (not a member of this cluster?)")
     try:
         box = Box(request.ephemeral, PublicKey(unb64(env["epk"], 32)))

@@ -77,6 +77,7 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
 
     async def nodes(_req: web.Request) -> web.Response:
         agent.require_cluster()
+        await agent.refresh_stats()
         return web.json_response({"nodes": agent.node_views()})
 
     async def leave(_req: web.Request) -> web.Response:

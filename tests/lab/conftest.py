@@ -1,0 +1,47 @@
+"""Lab fixtures: simulated hosts in namespaces. Needs root; cleans up also on failure."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+
+import pytest
+
+from meshnet.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _need_root_and_tools():
+    missing = [t for t in ("ip", "nsenter", "unshare", "wireguard-go", "tcpdump", "ping")
+               if shutil.which(t) is None]
+    if os.geteuid() != 0 or missing:
+        pytest.fail(f"lab tests need root and {missing or 'nothing else'}: run scripts/test")
+
+
+def unique_name(prefix: str) -> str:
+    """Lab names that cannot clash with another run on the same machine."""
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def make_lab():
+    labs: list[Lab] = []
+
+    def make(hosts: int, prefix: str = "t") -> Lab:
+        lab = Lab(unique_name(prefix))
+        labs.append(lab)
+        lab.up(hosts)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.down()
