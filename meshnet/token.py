@@ -84,7 +84,8 @@ class JoinToken:
             token = cls(_unb32(parts[1], CLUSTER_ID_BYTES), _unb32(parts[2], SECRET_BYTES))
         except (ValueError, base64.binascii.Error):
             raise TokenError("malformed join token: bad characters or length") from None
-        given = parts[3].lower().encode("utf-8", "surrogatepass")  # bytes: compare_digest refuses non-ASCII str
+        # bytes: compare_digest refuses non-ASCII str, and argv may carry lone surrogates
+        given = parts[3].lower().encode("utf-8", "surrogatepass")
         if not hmac.compare_digest(token._check().encode(), given):
             raise TokenError("malformed join token: check digits do not match (typo?)")
         return token
