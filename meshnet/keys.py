@@ -54,7 +54,11 @@ class NodeKeys:
 
     @property
     def wireguard_private(self) -> str:
-        return b64(bytes(self.wireguard))
+        """Clamped the way WireGuard stores it (same public key), so read-back compares equal."""
+        k = bytearray(bytes(self.wireguard))
+        k[0] &= 248
+        k[31] = (k[31] & 127) | 64
+        return b64(bytes(k))
 
     def sign(self, message: bytes) -> str:
         return b64(self.identity.sign(message).signature)
