@@ -47,9 +47,8 @@ def run_in(ns: str, *cmd: str, timeout: float = 60) -> str:
         timeout=timeout,
     )
     if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} in {ns} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-        )
+        output = proc.stdout + proc.stderr
+        raise AssertionError(f"{' '.join(cmd)} in {ns} exited {proc.returncode}:\n{output}")
     return proc.stdout
 
 
@@ -98,9 +97,11 @@ def capture(ns: str, ifname: str, bpf: str = "ip") -> Iterator[list[str]]:
     discovery and ARP do not get in the way).
     """
     pcap = Path(f"/tmp/{ns}-{ifname}.pcap")
+    # -U writes each packet out at once; -Z root keeps tcpdump from dropping
+    # to a user that could not write the file.
+    cmd = ["tcpdump", "-Z", "root", "-i", ifname, "-n", "-U", "-w", str(pcap), bpf]
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "tcpdump", "-Z", "root", "-i", ifname, "-n", "-U",
-         "-w", str(pcap), bpf],
+        ["ip", "netns", "exec", ns, *cmd],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,6 +8,8 @@ set -u
 
 export PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# /src is read-only: keep hypothesis' example database off it.
+export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis
 
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp

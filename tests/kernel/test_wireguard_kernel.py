@@ -138,16 +138,16 @@ def test_esp_transport_mode(ns_pair: tuple) -> None:
     for side, peer in ((a, b), (b, a)):
         for src, dst, spi, key in sas:
             side.run(
-                "ip", "xfrm", "state", "add", "src", src, "dst", dst,
-                "proto", "esp", "spi", hex(spi), "reqid", "1", "mode", "transport",
-                "aead", "rfc4106(gcm(aes))", key, "128",
+                *f"ip xfrm state add src {src} dst {dst} proto esp spi {spi:#x} reqid 1"
+                " mode transport aead".split(),
+                "rfc4106(gcm(aes))",
+                key,
+                "128",
             )
         for direction, src, dst in (("out", side.addr, peer.addr), ("in", peer.addr, side.addr)):
             side.run(
-                "ip", "xfrm", "policy", "add",
-                "src", f"{src}/32", "dst", f"{dst}/32", "dir", direction,
-                "tmpl", "src", src, "dst", dst, "proto", "esp", "reqid", "1",
-                "mode", "transport",
+                *f"ip xfrm policy add src {src}/32 dst {dst}/32 dir {direction}"
+                f" tmpl src {src} dst {dst} proto esp reqid 1 mode transport".split()
             )
 
     with a.capture() as packets:
