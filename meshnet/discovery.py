@@ -24,19 +24,24 @@ SERVICE = "_meshnet._tcp.local."
 def parse_addr(text: str, default_port: int = CONTROL_PORT) -> tuple[str, int]:
     """'10.0.0.1', '10.0.0.1:7946' or '[fd00::1]:7946' -> (host, port)."""
     text = text.strip()
+    port: str | None = None
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":")
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {text!r}: expected [v6] or [v6]:port")
+        port = rest[1:] if rest else None
     elif text.count(":") == 1:
         host, _, port = text.partition(":")
     else:
-        host, port = text, ""
+        host = text
     if not host:
         raise ValueError(f"no host in address {text!r}")
-    try:
-        return host, int(port) if port else default_port
-    except ValueError:
-        raise ValueError(f"bad port in address {text!r}") from None
+    if port is None:
+        return host, default_port
+    # digits only (int() would take "+80", " 80", "7_946") and a port a socket can use
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"bad port in address {text!r}")
+    return host, int(port)
 
 
 class Advertiser:
