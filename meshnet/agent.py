@@ -256,6 +256,8 @@ class Agent:
                     await self.sync_with(random.choice(peers))
                 except (httpx.HTTPError, ValueError) as e:
                     log.debug("anti-entropy failed: %s", e)
+                except Exception:  # never let one bad exchange end the loop
+                    log.exception("anti-entropy failed")
 
     async def sync_with(self, peer: Node) -> None:
         """One anti-entropy round: trade per-owner digests, each side sends what differs."""
@@ -263,8 +265,10 @@ class Agent:
                                      json={"digest": self.store.digest()})
         resp.raise_for_status()
         body = resp.json()
+        if not isinstance(body, dict) or not isinstance(body.get("rows", []), list):
+            raise ValueError(f"malformed sync reply from {peer.name}")
         self.merge([Row.from_json(r) for r in body.get("rows", [])], peer.name)
-        want = set(body.get("want", []))
+        want = {o for o in body.get("want", []) if isinstance(o, str)}
         if want:
             rows = self.store.rows(owners=want)
             await self._http.post(self._peer_url(peer, "/peer/v1/rows"),
@@ -341,7 +345,11 @@ class Agent:
         if row.kind != "node" or row.deleted:
             raise JoinRefused("a join registers the joiner's own node row")
         net = ipaddress.ip_network(self.cluster().settings["transit_cidr"])
-        if ipaddress.ip_address(row.data["transit_ip"]) not in net:
+        try:
+            outside = ipaddress.ip_address(row.data["transit_ip"]) not in net
+        except ValueError:
+            raise JoinRefused(f"malformed transit address {row.data['transit_ip']!r}") from None
+        if outside:
             raise JoinRefused(f"transit address {row.data['transit_ip']} is outside {net}")
         for n in transit.active(self.store.nodes()):
             if n.transit_ip == row.data["transit_ip"] and n.id != row.id:
