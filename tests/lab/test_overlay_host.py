@@ -103,7 +103,7 @@ def lab():
     prefix = f"mnov{secrets.token_hex(3)}"
     lab = Lab(prefix)
     try:
-        for node, ip in IPS.items():
+        for node in IPS:
             sh("ip", "netns", "add", lab.ns(node))
             sh("ip", "-n", lab.ns(node), "link", "set", "lo", "up")
         sh("ip", "-n", lab.ns("n1"), "link", "add", "u0", "type", "veth", "peer", "name", "u0",
@@ -172,7 +172,7 @@ def test_static_entries_only_and_no_arp_crosses(pair):
         time.sleep(0.5)
     finally:
         cap.send_signal(signal.SIGINT)
-        out, err = cap.communicate(timeout=10)
+        out, _ = cap.communicate(timeout=10)
     assert "ARP" not in out, out
     assert "10.61.1.99" not in out, out
     assert f"{a.ip} > {b.ip}: ICMP echo request" in out, out  # unicast, inside VXLAN
@@ -218,7 +218,8 @@ def test_networks_are_isolated(lab):
     routes = lab.in_node("n1", "ip", "route", "show", "table", "all").stdout
     assert "10.61." not in routes
     for dev in ("mnb-4101", "mnb-4102"):
-        assert json.loads(lab.in_node("n1", "ip", "-j", "addr", "show", "dev", dev).stdout)[0]["addr_info"] == []
+        shown = json.loads(lab.in_node("n1", "ip", "-j", "addr", "show", "dev", dev).stdout)
+        assert shown[0]["addr_info"] == []
 
 
 def test_removing_endpoints_removes_veths_namespaces_and_idle_networks(lab):
@@ -265,12 +266,18 @@ def test_firewall_guard_drops_vxlan_off_the_transit_interface(pair):
     # overlay traffic would leave through u0 (not the transit interface): dropped on the way out
     assert lab.ping(a, b.ip).returncode != 0
     assert lab.call("n1", "firewall.vxlan_guard_counters()")["output"] > 0
-    # and a hand-made datagram to the peer's VXLAN port never gets there: n2's input sees none
-    lab.call("n2", "firewall.ensure_vxlan_guard('mnet0', 4789)")
-    send = ("__import__('socket').socket(2, 2).sendto(b'x' * 20, ('192.0.2.2', 4789))")
-    lab.call("n1", send)
-    assert lab.call("n2", "firewall.vxlan_guard_counters()")["input"] == 0
+    # a hand-made datagram to the peer's VXLAN port is refused to the sender (EPERM)
+    send = "__import__('socket').socket(2, 2).sendto(b'x' * 20, ('192.0.2.2', 4789))"
+    with pytest.raises(AssertionError, match="PermissionError"):
+        lab.call("n1", send)
+
+    # the receiving side: n1 unguarded, n2 guarded; VXLAN arriving on u0 is dropped on input
+    lab.call("n1", "firewall.remove_vxlan_guard()")
+    assert lab.call("n2", "firewall.ensure_vxlan_guard('mnet0', 4789)") is True
+    assert lab.ping(a, b.ip).returncode != 0
+    assert lab.call("n2", "firewall.vxlan_guard_counters()")["input"] > 0
     lab.call("n2", "firewall.remove_vxlan_guard()")
+    assert lab.ping(a, b.ip).returncode == 0
 
     # with u0 as the transit interface the same overlay works
     assert lab.call("n1", "firewall.ensure_vxlan_guard('u0', 4789)") is True
