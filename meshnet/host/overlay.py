@@ -130,6 +130,8 @@ def describe(op: Op) -> str:
         what = f"FDB entry {i.mac} dst {i.dst} on {i.dev}"
     elif isinstance(i, Neigh):
         what = f"neighbour {i.ip} -> {i.mac} on {i.dev}"
+    elif not i.id:
+        what = f"veth {i.host_veth} (not made by this applier, or its alias was lost)"
     else:
         what = (f"endpoint {i.id} ({i.host_veth} on {i.bridge} -> {i.ifname} {i.address} "
                 f"in {i.netns or '?'})")

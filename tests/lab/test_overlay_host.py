@@ -201,10 +201,33 @@ def test_hand_damage_is_repaired(pair, damage):
     where, *argv = damage
     argv = [x.replace("HOSTVETH", f"mnh-{a.id[:10]}") for x in argv]
     ns = Path(a.netns).name if where == "EP" else lab.ns(where)
+    netns_before = os.stat(a.netns).st_ino
     sh("ip", "-n", ns, *argv)
     assert lab.ensure("n1") != []
     assert lab.ping(a, b.ip).returncode == 0
     assert lab.ensure("n1") == []
+    assert os.stat(a.netns).st_ino == netns_before  # the endpoint kept its namespace
+
+
+def test_transit_mtu_change_rebuilds_veths_but_keeps_namespaces(pair):
+    lab, a, b = pair
+    before = os.stat(a.netns).st_ino
+    for node in IPS:
+        lab.run_py(node, {"me": node, "mtu": 1400, "ips": lab.ips, "nets": [NET1.__dict__],
+                          "eps": [e.__dict__ for e in lab.eps]})
+    assert os.stat(a.netns).st_ino == before
+    assert '"mtu":1350' in sh("ip", "-n", Path(a.netns).name, "-j", "link", "show", "eth0").stdout
+    assert lab.ping(a, b.ip, "-M", "do", "-s", "1322").returncode == 0
+    assert lab.ping(a, b.ip, "-M", "do", "-s", "1323").returncode != 0
+
+
+def test_foreign_veth_with_our_prefix_is_removed(pair):
+    lab, a, b = pair
+    lab.in_node("n1", "ip", "link", "add", "mnh-stray", "type", "veth", "peer", "name", "strayp")
+    ops = lab.ensure("n1")
+    assert len(ops) == 1 and ops[0].startswith("remove veth mnh-stray")
+    assert "stray" not in lab.in_node("n1", "ip", "-o", "link").stdout
+    assert lab.ping(a, b.ip).returncode == 0
 
 
 def test_networks_are_isolated(lab):
