@@ -25,10 +25,13 @@ from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
 from meshnet.discovery import Advertiser, find_members, parse_addr
 from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotMember
 from meshnet.hlc import HLC
-from meshnet.host import links
+from meshnet.host import firewall, links
+from meshnet.host import overlay as host_overlay
 from meshnet.host.wireguard import Backend, choose
 from meshnet.keys import NodeKeys, b64, load_or_create, unb64, write_secret
+from meshnet.overlay import Overlay
 from meshnet.plan import transit
+from meshnet.plan.overlay import VXLAN_PORT, OverlayState
 from meshnet.plan.wireguard import PeerStats, desired, diff
 from meshnet.rows import Row
 from meshnet.store import Store
@@ -57,6 +60,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._http: httpx.AsyncClient | None = None
+        self.transit_mtu: int | None = None
+        self.overlay = Overlay(self)
 
     # -- state helpers ------------------------------------------------------------------
 
@@ -106,9 +111,17 @@ class Agent:
         await asyncio.to_thread(self.store.upgrade)
         self.hlc.observe(self.store.max_version())
         self._http = httpx.AsyncClient(timeout=PEER_TIMEOUT)
-        loop = asyncio.get_running_loop()
+        # Not loop.add_signal_handler: it routes signals through a wakeup fd that children
+        # forked without exec (pyroute2 forks one per namespace it enters) share with us,
+        # so a signal to such a child would stop the agent. Check the pid instead.
+        loop, me = asyncio.get_running_loop(), os.getpid()
+
+        def on_signal(_sig, _frame) -> None:
+            if os.getpid() == me:
+                loop.call_soon_threadsafe(self._stop.set)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            signal.signal(sig, on_signal)
         from meshnet.api.server import make_apps  # the API depends on the agent, not back
 
         local_app, control_app = make_apps(self)
@@ -188,10 +201,16 @@ class Agent:
         prefix = ipaddress.ip_network(cluster.settings["transit_cidr"]).prefixlen
         underlay_ip, _ = parse_addr(me.endpoint)
         _, underlay_mtu = links.underlay_for(underlay_ip)
-        links.ensure_address_mtu_up(ifname, f"{me.transit_ip}/{prefix}",
-                                    underlay_mtu - WIREGUARD_OVERHEAD)
+        self.transit_mtu = underlay_mtu - WIREGUARD_OVERHEAD
+        links.ensure_address_mtu_up(ifname, f"{me.transit_ip}/{prefix}", self.transit_mtu)
         _, stats = self.backend.read(ifname)
         self.stats = {s.public_key: s for s in stats}
+        # Fail closed first: VXLAN may leave only through the tunnel.
+        firewall.ensure_vxlan_guard(ifname, VXLAN_PORT)
+        ops = host_overlay.ensure(self.overlay.desired(self.transit_mtu))
+        if ops:
+            log.info("overlay: %d change(s): %s", len(ops), ", ".join(
+                f"{type(o).__name__} {type(o.item).__name__}" for o in ops[:8]))
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -200,6 +219,8 @@ class Agent:
             self._changed.clear()
             try:
                 await self._resolve_transit_clash()
+                if self.cluster() is not None:
+                    await self.overlay.tidy()
                 await self.reconcile()
             except MeshnetError as e:
                 log.error("reconcile failed: %s", e)
@@ -222,9 +243,15 @@ class Agent:
         me = self.me()
         assert me is not None
         data = {k: getattr(me, k) for k in Node.DATA} | changes
-        row = self._own_row(**data)
+        return await self.write_row("node", self.node_id, data)
+
+    async def write_row(self, kind: str, row_id: str, data: dict, deleted: bool = False,
+                        push: bool = True) -> Row:
+        """Write a row as this node (signed), store it, and push it to every member."""
+        row = Row(kind, row_id, self.node_id, self.hlc.now(), deleted, data).signed(self.keys)
         self.merge([row], "self")
-        await self.push([row])
+        if push:
+            await self.push([row])
         return row
 
     # -- replication ------------------------------------------------------------------
@@ -235,17 +262,22 @@ class Agent:
     def _peer_url(self, n: Node, path: str) -> str:
         return f"http://{n.transit_ip}:{parse_addr(n.control)[1]}{path}"
 
-    async def push(self, rows: list[Row], exclude: set[str] = frozenset()) -> None:
-        """Send new rows to every member now; anti-entropy repairs what does not arrive."""
+    async def push(self, rows: list[Row], exclude: set[str] = frozenset()) -> list[dict]:
+        """Send new rows to every member now and return their answers; anti-entropy
+        repairs what does not arrive."""
         body = {"rows": [r.to_json() for r in rows]}
 
-        async def one(n: Node) -> None:
+        async def one(n: Node) -> dict | None:
             try:
-                await self._http.post(self._peer_url(n, "/peer/v1/rows"), json=body)
-            except httpx.HTTPError as e:
+                resp = await self._http.post(self._peer_url(n, "/peer/v1/rows"), json=body)
+                reply = resp.json()
+                return reply if isinstance(reply, dict) else None
+            except (httpx.HTTPError, ValueError) as e:
                 log.debug("push to %s failed: %s", n.name, e)
+                return None
 
-        await asyncio.gather(*(one(n) for n in self.peers() if n.id not in exclude))
+        replies = await asyncio.gather(*(one(n) for n in self.peers() if n.id not in exclude))
+        return [r for r in replies if r is not None]
 
     async def _anti_entropy_loop(self) -> None:
         while True:
@@ -429,9 +461,10 @@ class Agent:
             backend = self.backend or choose(self.cfg.wireguard, self.cfg.wireguard_go,
                                              self.cfg.interface)
             try:
+                await asyncio.to_thread(host_overlay.ensure, OverlayState())
                 await asyncio.to_thread(backend.delete, self.cfg.interface)
             except HostError as e:
-                log.warning("could not remove %s: %s", self.cfg.interface, e)
+                log.warning("could not remove the tunnel or overlay: %s", e)
             self.backend = None
             self.stats = {}
             self.store.forget_cluster()
@@ -476,6 +509,7 @@ class Agent:
             "interface": self.cfg.interface,
             "backend": self.backend.name if self.backend else None,
             "members": len(transit.active(self.store.nodes())) if cluster else 0,
+            "transit_mtu": self.transit_mtu,
         }
 
 

@@ -3,8 +3,9 @@
 Host hK of lab NAME is:
 - a network namespace `mnl-NAME-hK` with eth0 on the lab LAN (10.248.0.(10+K)/24);
 - a holder process (`sleep infinity`) owning a private mount and UTS namespace, where
-  /var/lib/meshnet, /run/meshnet and /run/wireguard are bind mounts of the host's own
-  directories under /run/meshnet-lab/NAME/hK and the hostname is hK;
+  /var/lib/meshnet, /run/meshnet, /run/wireguard, /run/netns and /etc/netns are bind
+  mounts of the host's own directories under /run/meshnet-lab/NAME/hK, and the
+  hostname is hK;
 - an agent started into the holder's namespaces, so it can be killed and restarted
   while the host (its mounts, links and wireguard-go) stays.
 The LAN is a bridge in its own namespace `mnl-NAME-lan`: the root namespace gets no
@@ -32,7 +33,10 @@ from meshnet.host.cmd import run
 LAB_ROOT = Path("/run/meshnet-lab")
 LAN_PREFIX = "10.248.0"
 NAME_RE = re.compile(r"^[a-z0-9]{1,12}$")
-MOUNTS = {"lib": "/var/lib/meshnet", "run": "/run/meshnet", "wg": "/run/wireguard"}
+# Each host's own copies; /run/netns and /etc/netns too, so endpoint namespaces a host
+# makes are its own and vanish with the lab.
+MOUNTS = {"lib": "/var/lib/meshnet", "run": "/run/meshnet", "wg": "/run/wireguard",
+          "netns": "/run/netns", "etcnetns": "/etc/netns"}
 
 
 def _wait(what: str, ok, timeout: float) -> None:

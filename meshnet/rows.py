@@ -20,8 +20,18 @@ from meshnet.keys import NodeKeys, node_id_for, unb64, verify
 SCHEMAS: dict[str, dict[str, type]] = {
     "node": {"name": str, "identity_pub": str, "wg_pub": str, "endpoint": str, "control": str,
              "transit_ip": str, "state": str, "labels": dict},
+    # Cluster-scoped: any member may write it (owner = the last writer), like any swarm
+    # manager may remove any network. `created` (HLC) is fixed at creation.
+    "network": {"name": str, "driver": str, "subnet": str, "gateway": str, "vni": int,
+                "labels": dict, "created": int},
+    # Owned by the node that hosts the endpoint.
+    "endpoint": {"name": str, "network": str, "node": str, "ip": str, "mac": str, "netns": str,
+                 "owns_netns": bool, "ifname": str, "created": int},
+    # A node's claim on a block of a network's subnet (id: network/block/owner).
+    "ipam_block": {"network": str, "cidr": str},
 }
 KINDS = tuple(SCHEMAS)
+SHARED_KINDS = frozenset({"network"})
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ class Client:
         self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)),
                                   base_url="http://meshnet", timeout=timeout)
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _call(self, method: str, path: str, body: dict | None = None,
+              params: dict | None = None) -> dict:
         try:
-            resp = self._http.request(method, path, json=body)
+            resp = self._http.request(method, path, json=body, params=params)
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError):
             raise AgentUnavailable(
                 f"no meshnet agent answers on {self.socket_path}: start it with "
@@ -38,3 +39,6 @@ class Client:
 
     def post(self, path: str, body: dict | None = None) -> dict:
         return self._call("POST", path, body or {})
+
+    def delete(self, path: str, **params: str) -> dict:
+        return self._call("DELETE", path, params=params or None)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from meshnet import join as handshake
 from meshnet.config import NETWORK_POOL, TRANSIT_CIDR
-from meshnet.errors import JoinRefused, MeshnetError
+from meshnet.errors import JoinRefused, MeshnetError, NotFound
 from meshnet.rows import Row
 
 if TYPE_CHECKING:
@@ -83,6 +84,69 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
     async def leave(_req: web.Request) -> web.Response:
         return web.json_response(await agent.leave())
 
+    ov = agent.overlay
+
+    async def networks(_req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response({"networks": ov.network_views()})
+
+    async def network_create(req: web.Request) -> web.Response:
+        b = await _body(req)
+        if not isinstance(b.get("name"), str):
+            raise MeshnetError("a network needs a name")
+        labels = b.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise MeshnetError("labels must be an object")
+        return web.json_response(await ov.create_network(
+            b["name"], b.get("driver") or "overlay", b.get("subnet"), b.get("gateway"),
+            {str(k): str(v) for k, v in labels.items()}))
+
+    async def network_inspect(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response(ov.inspect(req.match_info["ref"]))
+
+    async def network_rm(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        force = req.query.get("force") in ("1", "true")
+        return web.json_response({"removed": await ov.remove_network(req.match_info["ref"], force)})
+
+    async def endpoints(_req: web.Request) -> web.Response:
+        agent.require_cluster()
+        names = ov._node_names()
+        nets = {n.id: n for n in ov.live_networks()}
+        return web.json_response({"endpoints": [ov.endpoint_view(e, names, nets)
+                                                for e in ov.live_endpoints()]})
+
+    async def endpoint_create(req: web.Request) -> web.Response:
+        b = await _body(req)
+        if not isinstance(b.get("network"), str):
+            raise MeshnetError("an endpoint needs a network")
+        netns = b.get("netns")
+        if isinstance(b.get("pid"), int):
+            netns = f"/proc/{b['pid']}/ns/net"
+            if not os.path.exists(netns):
+                raise NotFound(f"no process {b['pid']}")
+        elif isinstance(netns, str) and "/" not in netns:
+            netns = f"/run/netns/{netns}"
+            if not os.path.exists(netns):
+                raise NotFound(f"no network namespace {b['netns']!r}")
+        return web.json_response(await ov.create_endpoint(b["network"], b.get("name"), b.get("ip"),
+                                                          netns))
+
+    async def endpoint_get(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response(ov.endpoint_view(ov.endpoint(req.match_info["ref"])))
+
+    async def endpoint_rm(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response({"removed": await ov.remove_endpoint(req.match_info["ref"])})
+
+    local.add_routes([
+        web.get("/v1/networks", networks), web.post("/v1/networks", network_create),
+        web.get("/v1/networks/{ref}", network_inspect), web.delete("/v1/networks/{ref}", network_rm),
+        web.get("/v1/endpoints", endpoints), web.post("/v1/endpoints", endpoint_create),
+        web.get("/v1/endpoints/{ref}", endpoint_get), web.delete("/v1/endpoints/{ref}", endpoint_rm),
+    ])
     local.add_routes([
         web.get("/v1/status", status), web.post("/v1/init", init), web.post("/v1/join", join),
         web.get("/v1/token", token), web.get("/v1/nodes", nodes), web.post("/v1/leave", leave),
@@ -110,7 +174,7 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
         except (ValueError, TypeError) as e:
             raise MeshnetError(f"malformed rows: {e}") from None
         agent.merge(incoming, req.remote or "?")
-        return web.json_response({"ok": True})
+        return web.json_response({"ok": True, "rows": agent.overlay.claims_for(incoming)})
 
     async def sync(req: web.Request) -> web.Response:
         b = await _body(req)

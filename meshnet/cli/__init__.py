@@ -8,7 +8,9 @@ import click
 
 from meshnet.cli.agent_cmd import agent
 from meshnet.cli.cluster import init, join, leave, token
+from meshnet.cli.endpoint import attach, detach, endpoint, exec_, run
 from meshnet.cli.lab import lab
+from meshnet.cli.network import network
 from meshnet.cli.node import node
 from meshnet.errors import MeshnetError
 
@@ -22,7 +24,8 @@ def cli(ctx: click.Context, socket_path: str) -> None:
     ctx.obj = {"socket": socket_path}
 
 
-for command in (agent, init, join, token, leave, node, lab):
+for command in (agent, init, join, token, leave, node, network, run, exec_, attach, detach, endpoint,
+                lab):
     cli.add_command(command)
 
 

@@ -12,7 +12,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.orm import sessionmaker
 
-from meshnet.rows import Outcome, Row, check_signature, newer
+from meshnet.rows import SHARED_KINDS, Outcome, Row, check_signature, newer
 from meshnet.store.models import MODELS, Cluster, Node
 
 
@@ -91,6 +91,18 @@ class Store:
         with self.session() as s:
             return s.get(Node, node_id)
 
+    def objects(self, model: type, include_deleted: bool = False) -> list:
+        """Every row of one kind, as detached ORM objects, oldest version first."""
+        with self.session() as s:
+            q = select(model).order_by(model.version, model.id)
+            if not include_deleted:
+                q = q.where(model.deleted.is_(False))
+            return list(s.scalars(q))
+
+    def get(self, model: type, row_id: str):
+        with self.session() as s:
+            return s.get(model, row_id)
+
     def rows(self, owners: set[str] | None = None) -> list[Row]:
         """Every replicated row (tombstones included), node rows first, for sending."""
         out: list[Row] = []
@@ -131,7 +143,8 @@ class Store:
                     continue
                 owner = s.get(Node, row.owner)
                 why = check_signature(row, owner.identity_pub if owner else None)
-                if why is None and existing is not None and existing.owner != row.owner:
+                if (why is None and existing is not None and existing.owner != row.owner
+                        and row.kind not in SHARED_KINDS):
                     why = f"{row.owner} may not overwrite a row owned by {existing.owner}"
                 if why:
                     refused.append(f"{row.kind} {row.id}: {why}")

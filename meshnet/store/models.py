@@ -48,4 +48,46 @@ class Node(Replicated, Base):
     labels: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
-MODELS: dict[str, type] = {Node.KIND: Node}
+class Network(Replicated, Base):
+    __tablename__ = "networks"
+    KIND = "network"
+    DATA = tuple(SCHEMAS["network"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String, index=True)
+    driver: Mapped[str] = mapped_column(String)
+    subnet: Mapped[str] = mapped_column(String)
+    gateway: Mapped[str] = mapped_column(String)
+    vni: Mapped[int] = mapped_column(BigInteger)
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    created: Mapped[int] = mapped_column(BigInteger)
+
+
+class Endpoint(Replicated, Base):
+    __tablename__ = "endpoints"
+    KIND = "endpoint"
+    DATA = tuple(SCHEMAS["endpoint"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String, index=True)
+    network: Mapped[str] = mapped_column(String, index=True)
+    node: Mapped[str] = mapped_column(String)
+    ip: Mapped[str] = mapped_column(String)
+    mac: Mapped[str] = mapped_column(String)
+    netns: Mapped[str] = mapped_column(String)
+    owns_netns: Mapped[bool] = mapped_column(Boolean)
+    ifname: Mapped[str] = mapped_column(String)
+    created: Mapped[int] = mapped_column(BigInteger)
+
+
+class IpamBlock(Replicated, Base):
+    __tablename__ = "ipam_blocks"
+    KIND = "ipam_block"
+    DATA = tuple(SCHEMAS["ipam_block"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    network: Mapped[str] = mapped_column(String, index=True)
+    cidr: Mapped[str] = mapped_column(String)
+
+
+MODELS: dict[str, type] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock)}

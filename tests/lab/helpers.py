@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from meshnet.lab import Lab
 
@@ -36,3 +40,38 @@ def ping(lab: Lab, k: int, ip: str, count: int = 1, size: int = 56, timeout: int
 def wg_peers(lab: Lab, k: int) -> set[str]:
     out = sh(lab, k, "wg", "show", "mnet0", "peers")
     return set(out.stdout.split()) if out.returncode == 0 else set()
+
+
+@contextlib.contextmanager
+def capture(prefix: list[str], ifname: str, path: Path, bpf: str = "ip"):
+    """tcpdump on `ifname` (in the namespaces `prefix` enters) into `path` while the block runs.
+
+    Waits until tcpdump says it is listening, so nothing sent inside the block is missed,
+    and gives it a moment at the end to write the last packets. On the lab LAN, capture
+    on "any" (every bridge port): a bridge device itself sees only flooded frames, not
+    the unicast it forwards from port to port once it has learned the MACs.
+    """
+    proc = subprocess.Popen([*prefix, "tcpdump", "-i", ifname, "-n", "-U", "-w", str(path), bpf],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        while not said or "listening on" not in said[-1]:  # "tcpdump: listening on IF, ..."
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"tcpdump did not start on {ifname}: {' '.join(said)}")
+            said.append(line.strip())
+        yield path
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def read_pcap(path: Path) -> list[str]:
+    """One line per packet, as tcpdump -q prints them."""
+    return subprocess.run(["tcpdump", "-r", str(path), "-n", "-q"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()

@@ -12,7 +12,17 @@ import pytest
 from meshnet.lab import Lab
 from meshnet.token import JoinToken
 from tests.conftest import wait_for
-from tests.lab.helpers import MESHNET, meshnet, nodes, ping, sh, transit_ips, wg_peers
+from tests.lab.helpers import (
+    MESHNET,
+    capture,
+    meshnet,
+    nodes,
+    ping,
+    read_pcap,
+    sh,
+    transit_ips,
+    wg_peers,
+)
 
 MARK = b"meshnet-plain"  # ping payload pattern (ping takes up to 16 bytes)
 
@@ -66,25 +76,14 @@ def test_lan_capture_shows_only_wireguard(lab):
     ips = transit_ips(lab, 1)
     pcap, inner = lab.dir / "lan.pcap", lab.dir / "mnet0.pcap"
     # The LAN, and (as a control that the check can fail) h1's tunnel interface, in clear.
-    caps = [subprocess.Popen([*argv, "tcpdump", "-i", ifname, "-n", "-U", "-w", str(path), "ip"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for argv, ifname, path in ((["ip", "netns", "exec", lab.lan_ns], "lan0", pcap),
-                                       (lab.enter(1), "mnet0", inner))]
-    try:
-        for path in (pcap, inner):
-            wait_for(f"tcpdump to write {path.name}", lambda p=path: p.exists() and p.stat().st_size > 0)
+    with capture(["ip", "netns", "exec", lab.lan_ns], "any", pcap), \
+            capture(lab.enter(1), "mnet0", inner):
         for a, b in ((1, 2), (2, 3), (3, 1)):
             assert ping(lab, a, ips[f"h{b}"], count=3, size=1000, pattern=MARK.hex())
         # The agents' own traffic (replication) must be inside the tunnel too.
         lab.client(2).get("/v1/nodes")
-        time.sleep(0.5)  # let the last packets reach the capture files
-    finally:
-        for cap in caps:
-            cap.send_signal(signal.SIGINT)
-            cap.wait(timeout=10)
     assert MARK in inner.read_bytes()
-    out = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "-q"], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = read_pcap(pcap)
     between_hosts = [p for p in out if "224.0.0.251" not in p]  # mDNS multicast is not "between"
     assert len(between_hosts) >= 18  # 3 pings x 3 pairs x request+reply, at least
     others = [p for p in between_hosts if not (".51820 >" in p and "UDP" in p)]
