@@ -60,6 +60,7 @@ def capture(prefix: list[str], ifname: str, path: Path, bpf: str = "ip"):
             if not line:
                 raise RuntimeError(f"tcpdump did not start on {ifname}: {' '.join(said)}")
             said.append(line.strip())
+        time.sleep(0.5)  # "listening" comes a moment before the socket sees packets
         yield path
         time.sleep(0.3)
     finally:

@@ -151,7 +151,8 @@ def test_only_wireguard_on_the_lan_and_vxlan_guard(lab, appnet):
     pcap = lab.dir / "overlay-lan.pcap"
     with capture(["ip", "netns", "exec", lab.lan_ns], "any", pcap):
         for target in (2, 3):
-            assert ep_ping(lab, 1, "web1", appnet[target]["ip"], "-p", b"overlay-plain".hex()).returncode == 0
+            assert ep_ping(lab, 1, "web1", appnet[target]["ip"], "-c", "3", "-i", "0.2",
+                           "-p", b"overlay-plain".hex()).returncode == 0
     lines = read_pcap(pcap)
     unicast = [ln for ln in lines if "224.0.0.251" not in ln]
     assert unicast and all(".51820 >" in ln for ln in unicast), unicast[:5]
