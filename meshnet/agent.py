@@ -36,7 +36,7 @@ from meshnet.plan.wireguard import PeerStats, desired, diff
 from meshnet.rows import Row
 from meshnet.store import Store
 from meshnet.store.models import Cluster, Node
-from meshnet.token import JoinToken, secret_hash
+from meshnet.token import JoinToken, cluster_tag, secret_hash
 
 log = logging.getLogger("meshnet.agent")
 
@@ -62,6 +62,7 @@ class Agent:
         self._http: httpx.AsyncClient | None = None
         self.transit_mtu: int | None = None
         self.overlay = Overlay(self)
+        self._mdns_task: asyncio.Task | None = None
 
     # -- state helpers ------------------------------------------------------------------
 
@@ -164,14 +165,20 @@ class Agent:
     async def _come_up(self) -> None:
         """Bring this member's tunnel and mDNS announcement up (after init, join or restart)."""
         await self.reconcile()
+        if self.cfg.mdns:
+            # Registering probes the LAN for about a second: do not make a join wait for it.
+            self._mdns_task = self._spawn(self._advertise_mdns())
+
+    async def _advertise_mdns(self) -> None:
         me, cluster = self.me(), self.cluster()
-        if me is not None and cluster is not None and self.cfg.mdns:
-            ip, port = parse_addr(me.control)
-            try:
-                await self.advertiser.start(self.name, self.node_id, JoinToken(
-                    bytes.fromhex(cluster.id), b"").tag, ip, port)
-            except Exception as e:  # mDNS is a convenience; a member works without it
-                log.warning("mDNS announcement failed: %s", e)
+        if me is None or cluster is None:
+            return
+        ip, port = parse_addr(me.control)
+        try:
+            await self.advertiser.start(self.name, self.node_id, cluster_tag(bytes.fromhex(cluster.id)),
+                                        ip, port)
+        except Exception as e:  # mDNS is a convenience; a member works without it
+            log.warning("mDNS announcement failed: %s", e)
 
     # -- transit reconcile --------------------------------------------------------------
 
@@ -456,6 +463,8 @@ class Agent:
     async def leave(self) -> dict:
         cluster = self.require_cluster()
         await self.write_own(state="left")  # tells every peer to drop us
+        if self._mdns_task is not None:
+            self._mdns_task.cancel()
         await self.advertiser.stop()
         async with self._host_lock:
             backend = self.backend or choose(self.cfg.wireguard, self.cfg.wireguard_go,
