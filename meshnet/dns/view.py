@@ -20,3 +20,6 @@ class DnsView:
     ptr: dict[str, str] = field(default_factory=dict)
     # Resolvers for every other name ("ip" or "ip:port"), tried in order.
     forwarders: tuple[str, ...] = ()
+    # The endpoint's overlay subnets (CIDR). A PTR query for an address inside one of them that
+    # is not in `ptr` gets NXDOMAIN instead of leaking to the host's resolvers.
+    subnets: tuple[str, ...] = ()
