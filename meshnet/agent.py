@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -23,19 +24,25 @@ from aiohttp import web
 from meshnet import join as handshake
 from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
 from meshnet.discovery import Advertiser, find_members, parse_addr
+from meshnet.dns.server import Resolver
 from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotMember
+from meshnet.events import Events
 from meshnet.hlc import HLC
-from meshnet.host import firewall, links
+from meshnet.host import firewall, lb, links, netns_files
 from meshnet.host import overlay as host_overlay
 from meshnet.host.wireguard import Backend, choose
 from meshnet.keys import NodeKeys, b64, load_or_create, unb64, write_secret
+from meshnet.liveness import Liveness
 from meshnet.overlay import Overlay
+from meshnet.plan import dns as plan_dns
 from meshnet.plan import transit
 from meshnet.plan.overlay import VXLAN_PORT, OverlayState
 from meshnet.plan.wireguard import PeerStats, desired, diff
 from meshnet.rows import Row
+from meshnet.services import Services
 from meshnet.store import Store
 from meshnet.store.models import Cluster, Node
+from meshnet.tasks import Supervisor
 from meshnet.token import JoinToken, cluster_tag, secret_hash
 
 log = logging.getLogger("meshnet.agent")
@@ -56,13 +63,21 @@ class Agent:
         self.stats: dict[str, PeerStats] = {}
         self.name = cfg.name or socket.gethostname()
         self._host_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
+        self.changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._http: httpx.AsyncClient | None = None
         self.transit_mtu: int | None = None
         self.overlay = Overlay(self)
+        self.liveness = Liveness()
+        self.services = Services(self)
+        self.supervisor = Supervisor(self)
+        self.resolver = Resolver()
+        self._lb_applied: dict[str, dict] = {}
         self._mdns_task: asyncio.Task | None = None
+        self.events = Events()  # recent events, for the status page
+        self.counters: Counter[str] = Counter()  # replication counters, for /metrics
+        self.reach: dict[str, dict] = {}  # peer id -> status page probe (api/status.py)
 
     # -- state helpers ------------------------------------------------------------------
 
@@ -102,8 +117,15 @@ class Agent:
         changed, refused = self.store.merge(rows)
         for why in refused:
             log.warning("refused a row from %s: %s", source, why)
+        if source != "self":
+            self.counters["received_rows"] += 1
+            self.counters["rows_received"] += len(rows)
+            self.counters["rows_applied"] += len(changed)
+            self.counters["lag_sum_ms"] += sum(max(0, time.time() * 1000 - (r.version >> 16))
+                                               for r, _ in changed)
+        self.events.rows_changed(changed, {n.id: n.name for n in self.store.nodes()})
         if changed:
-            self._changed.set()
+            self.changed.set()
         return [r for r, _ in changed]
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -123,9 +145,11 @@ class Agent:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
+        from meshnet.api import status as status_page
         from meshnet.api.server import make_apps  # the API depends on the agent, not back
 
         local_app, control_app = make_apps(self)
+        status_page.add_local_routes(local_app, self)
         runners = [web.AppRunner(local_app, access_log=None),
                    web.AppRunner(control_app, access_log=None)]
         for r in runners:
@@ -145,11 +169,15 @@ class Agent:
             await self._come_up()
         self._spawn(self._reconcile_loop())
         self._spawn(self._anti_entropy_loop())
+        self._spawn(self._probe_loop())
+        if (status_runner := await status_page.start(self, local_app)) is not None:
+            runners.append(status_runner)
         await self._stop.wait()
         log.info("agent stopping")
         for t in list(self._tasks):
             t.cancel()
         await self.advertiser.stop()
+        await self.resolver.close()  # tasks keep running: a restarted agent adopts them
         for r in runners:
             await r.cleanup()
         await self._http.aclose()
@@ -222,17 +250,86 @@ class Agent:
     async def _reconcile_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.cfg.reconcile_interval)
-            self._changed.clear()
+                await asyncio.wait_for(self.changed.wait(), self.cfg.reconcile_interval)
+            self.changed.clear()
             try:
                 await self._resolve_transit_clash()
                 if self.cluster() is not None:
                     await self.overlay.tidy()
                 await self.reconcile()
+                if self.cluster() is not None and self.me() is not None:
+                    await self.supervisor.reconcile()
+                    await self._reconcile_names()
             except MeshnetError as e:
                 log.error("reconcile failed: %s", e)
-            except Exception:
+                self.events.add("reconcile-error", f"reconcile failed: {e}", level="error")
+            except Exception as e:
                 log.exception("reconcile failed")
+                self.events.add("reconcile-error", f"reconcile failed: {type(e).__name__}: {e}",
+                                level="error")
+
+    async def _reconcile_names(self) -> None:
+        """DNS views and VIP load balancing for every local endpoint namespace."""
+        me, alive = self.node_id, self.services.alive_nodes()
+        eps, svcs = self.overlay.live_endpoints(), self.services.live()
+        tasks = self.services.tasks()
+        views = plan_dns.views(me, eps, svcs, tasks, alive, self._forwarders())
+        for path, backends in plan_dns.vip_backends(me, eps, svcs, tasks, alive).items():
+            if self._lb_applied.get(path) != backends and os.path.exists(path):
+                await asyncio.to_thread(lb.apply, path, backends)
+                self._lb_applied[path] = backends
+        for path in set(self._lb_applied) - set(views):
+            del self._lb_applied[path]
+        for path, view in views.items():
+            if path in self.resolver.keys():
+                self.resolver.update(path, view)
+            elif os.path.exists(path):
+                await self.resolver.add(path, path, view)
+        for path in set(self.resolver.keys()) - set(views):
+            await self.resolver.remove(path)
+
+    def _forwarders(self) -> tuple[str, ...]:
+        own = [s for s in netns_files.host_nameservers() if not s.startswith("127.0.0.11")]
+        return tuple(self.cfg.dns_forward or own)
+
+    async def gather_logs(self, s, tail: int | None, offsets: dict) -> list[dict]:
+        """Every node's logs of a service's tasks; offsets are keyed "node/task"."""
+        def mine(node: str) -> dict:
+            return {k.split("/", 1)[1]: v for k, v in offsets.items()
+                    if isinstance(v, int) and k.startswith(node + "/")}
+
+        async def one(n: Node) -> list[dict]:
+            try:
+                r = await self._http.post(self._peer_url(n, "/peer/v1/logs"), json={
+                    "service": s.id, "tail": tail, "offsets": mine(n.name)})
+                return r.json().get("logs", []) if r.status_code == 200 else []
+            except (httpx.HTTPError, ValueError):
+                return [{"task": "?", "node": n.name, "size": 0, "lines": [], "error": "unreachable"}]
+
+        remote = await asyncio.gather(*(one(n) for n in self.peers()))
+        return self.supervisor.logs_of(s, tail, mine(self.name)) + [x for xs in remote for x in xs]
+
+    async def _probe_loop(self) -> None:
+        """Probe every member each second; a change in who is alive triggers reconcile."""
+        before: set[str] = set()
+        while True:
+            await asyncio.sleep(self.cfg.probe_interval)
+            peers = self.peers() if self.cluster() is not None else []
+
+            async def probe(n: Node) -> None:
+                try:
+                    r = await self._http.get(self._peer_url(n, "/peer/v1/ping"), timeout=1.0)
+                    if r.status_code == 200:
+                        self.liveness.heard(n.id)
+                except httpx.HTTPError:
+                    pass
+
+            await asyncio.gather(*(probe(n) for n in peers))
+            alive = self.liveness.alive_ids(self.node_id, [n.id for n in peers])
+            if alive != before:
+                log.info("alive members: %d of %d peers", len(alive - {self.node_id}), len(peers))
+                before = alive
+                self.changed.set()
 
     async def _resolve_transit_clash(self) -> None:
         cluster, me = self.cluster(), self.me()
@@ -283,7 +380,9 @@ class Agent:
                 log.debug("push to %s failed: %s", n.name, e)
                 return None
 
-        replies = await asyncio.gather(*(one(n) for n in self.peers() if n.id not in exclude))
+        targets = [n for n in self.peers() if n.id not in exclude]
+        self.counters["sent_push"] += len(targets)
+        replies = await asyncio.gather(*(one(n) for n in targets))
         return [r for r in replies if r is not None]
 
     async def _anti_entropy_loop(self) -> None:
@@ -300,6 +399,7 @@ class Agent:
 
     async def sync_with(self, peer: Node) -> None:
         """One anti-entropy round: trade per-owner digests, each side sends what differs."""
+        self.counters["sent_sync"] += 1
         resp = await self._http.post(self._peer_url(peer, "/peer/v1/sync"),
                                      json={"digest": self.store.digest()})
         resp.raise_for_status()
@@ -310,10 +410,12 @@ class Agent:
         want = {o for o in body.get("want", []) if isinstance(o, str)}
         if want:
             rows = self.store.rows(owners=want)
+            self.counters["sent_sync_rows"] += 1
             await self._http.post(self._peer_url(peer, "/peer/v1/rows"),
                                   json={"rows": [r.to_json() for r in rows]})
 
     def answer_sync(self, their_digest: dict) -> dict:
+        self.counters["received_sync"] += 1
         mine = self.store.digest()
         differ = {o for o in set(mine) | set(their_digest) if mine.get(o) != their_digest.get(o)}
         rows = self.store.rows(owners={o for o in differ if o in mine})
@@ -462,6 +564,7 @@ class Agent:
 
     async def leave(self) -> dict:
         cluster = self.require_cluster()
+        await self.supervisor.stop_all()
         await self.write_own(state="left")  # tells every peer to drop us
         if self._mdns_task is not None:
             self._mdns_task.cancel()

@@ -22,7 +22,7 @@ from meshnet.plan import networks as plan_networks
 from meshnet.plan import overlay as plan_overlay
 from meshnet.plan.transit import active
 from meshnet.rows import Row
-from meshnet.store.models import Endpoint, IpamBlock, Network
+from meshnet.store.models import Endpoint, IpamBlock, Network, Service
 
 if TYPE_CHECKING:
     from meshnet.agent import Agent
@@ -41,6 +41,7 @@ class Overlay:
         self.agent = agent
         self.store = agent.store
         self._ipam_lock = asyncio.Lock()
+        self._reserved: set[str] = set()  # handed out, row not written yet (service VIPs)
 
     # -- views --------------------------------------------------------------------------
 
@@ -65,10 +66,18 @@ class Overlay:
                        if e.network in nets and e.node in nodes), key=lambda e: e.name)
 
     def endpoint(self, ref: str) -> Endpoint:
-        for e in self.live_endpoints():
+        """By endpoint name or id, or by task name `<service>.<slot>` (its first network's
+        endpoint, preferring one on this node while a slot moves)."""
+        live = self.live_endpoints()
+        for e in live:
             if e.name == ref or e.id == ref:
                 return e
-        raise NotFound(f"no endpoint {ref!r} (see `meshnet endpoint ls`)")
+        tasks = [e for e in live if e.name.startswith(ref + ".") and
+                 e.name[len(ref) + 1:].count(".") == 0]  # "<svc>.<slot>.<node6>"
+        tasks.sort(key=lambda e: e.node != self.agent.node_id)
+        if tasks:
+            return tasks[0]
+        raise NotFound(f"no endpoint {ref!r} (see `meshnet endpoint ls` or `meshnet service ps`)")
 
     def _node_names(self) -> dict[str, str]:
         return {n.id: n.name for n in self.store.nodes(include_deleted=True)}
@@ -176,8 +185,7 @@ class Overlay:
                 "ifname": ifname or ("eth0" if owns else f"mn{net.vni}"),
                 "created": self.agent.hlc.now()})
         if owns:
-            await asyncio.to_thread(netns_files.write, Path(path).name, name, addr,
-                                    netns_files.host_nameservers())
+            await asyncio.to_thread(netns_files.write, Path(path).name, name, addr, ["127.0.0.11"])
         await self.agent.reconcile()
         log.info("endpoint %s on %s: %s", name, net.name, addr)
         return self.endpoint_view(self.endpoint(eid))
@@ -206,7 +214,18 @@ class Overlay:
     # -- IPAM ---------------------------------------------------------------------------
 
     def _used(self, net: Network) -> set[str]:
-        return {e.ip for e in self.store.objects(Endpoint) if e.network == net.id}
+        """Addresses taken on this network: live endpoints, service VIPs, and reservations
+        in flight (an endpoint's address is free again once its row is a tombstone)."""
+        used = {e.ip for e in self.store.objects(Endpoint) if e.network == net.id}
+        used |= {ip for s in self.store.objects(Service) for n, ip in s.vips.items() if n == net.id}
+        return used | self._reserved
+
+    async def reserve_address(self, net: Network) -> str:
+        """An address of this network for something that is not an endpoint (a VIP)."""
+        async with self._ipam_lock:
+            addr = await self._allocate(net, None)
+            self._reserved.add(addr)
+            return addr
 
     async def _allocate(self, net: Network, want: str | None) -> str:
         subnet = ipaddress.ip_network(net.subnet)

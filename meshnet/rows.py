@@ -29,9 +29,16 @@ SCHEMAS: dict[str, dict[str, type]] = {
                  "owns_netns": bool, "ifname": str, "created": int},
     # A node's claim on a block of a network's subnet (id: network/block/owner).
     "ipam_block": {"network": str, "cidr": str},
+    # Cluster-scoped, like networks. `vips` maps network id -> the service's VIP there.
+    "service": {"name": str, "networks": list, "replicas": int, "endpoint_mode": str,
+                "env": dict, "restart": str, "constraints": list, "command": list, "vips": dict,
+                "created": int, "spec": int},
+    # Owned by the node that runs the task (id: service/slot/node).
+    "task": {"service": str, "slot": int, "node": str, "state": str, "endpoints": dict,
+             "since": int, "error": str, "restarts": int, "spec": int},
 }
 KINDS = tuple(SCHEMAS)
-SHARED_KINDS = frozenset({"network"})
+SHARED_KINDS = frozenset({"network", "service"})
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ class Client:
                 "`meshnet agent` (or `systemctl start meshnet`)") from None
         except httpx.TimeoutException:
             raise AgentUnavailable(f"the agent on {self.socket_path} did not answer in time") from None
+        except httpx.TransportError as e:
+            raise AgentUnavailable(f"lost the connection to the agent on {self.socket_path}: {e}") from None
         try:
             data = resp.json()
         except ValueError:
@@ -39,6 +41,9 @@ class Client:
 
     def post(self, path: str, body: dict | None = None) -> dict:
         return self._call("POST", path, body or {})
+
+    def patch(self, path: str, body: dict) -> dict:
+        return self._call("PATCH", path, body)
 
     def delete(self, path: str, **params: str) -> dict:
         return self._call("DELETE", path, params=params or None)

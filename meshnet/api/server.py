@@ -141,6 +141,43 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
         agent.require_cluster()
         return web.json_response({"removed": await ov.remove_endpoint(req.match_info["ref"])})
 
+    sv = agent.services
+
+    async def services(_req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response({"services": sv.views()})
+
+    async def service_create(req: web.Request) -> web.Response:
+        return web.json_response(await sv.create(await _body(req)))
+
+    async def service_inspect(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response(sv.inspect(req.match_info["ref"]))
+
+    async def service_update(req: web.Request) -> web.Response:
+        return web.json_response(await sv.update(req.match_info["ref"], await _body(req)))
+
+    async def service_rm(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response({"removed": await sv.remove(req.match_info["ref"])})
+
+    async def service_ps(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        return web.json_response({"tasks": sv.ps(req.match_info["ref"])})
+
+    async def service_logs(req: web.Request) -> web.Response:
+        agent.require_cluster()
+        s = sv.get(req.match_info["ref"])
+        tail = int(req.query["tail"]) if req.query.get("tail", "").isdigit() else None
+        offsets = json.loads(req.query.get("offsets") or "{}")
+        return web.json_response({"logs": await agent.gather_logs(s, tail, offsets)})
+
+    local.add_routes([
+        web.get("/v1/services", services), web.post("/v1/services", service_create),
+        web.get("/v1/services/{ref}", service_inspect), web.patch("/v1/services/{ref}", service_update),
+        web.delete("/v1/services/{ref}", service_rm), web.get("/v1/services/{ref}/ps", service_ps),
+        web.get("/v1/services/{ref}/logs", service_logs),
+    ])
     local.add_routes([
         web.get("/v1/networks", networks), web.post("/v1/networks", network_create),
         web.get("/v1/networks/{ref}", network_inspect), web.delete("/v1/networks/{ref}", network_rm),
@@ -183,7 +220,19 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
             raise MeshnetError("sync needs a digest object")
         return web.json_response(agent.answer_sync(digest))
 
+    async def ping(_req: web.Request) -> web.Response:
+        return web.json_response({"id": agent.node_id})
+
+    async def logs(req: web.Request) -> web.Response:
+        b = await _body(req)
+        s = sv.get(str(b.get("service", "")))
+        tail = b.get("tail") if isinstance(b.get("tail"), int) else None
+        offsets = b.get("offsets") if isinstance(b.get("offsets"), dict) else {}
+        return web.json_response({"logs": agent.supervisor.logs_of(s, tail, offsets)})
+
     control.add_routes([
+        web.get("/peer/v1/ping", member_only(ping)),
+        web.post("/peer/v1/logs", member_only(logs)),
         web.post("/join/v1", join_request),
         web.post("/peer/v1/rows", member_only(rows)),
         web.post("/peer/v1/sync", member_only(sync)),

@@ -12,6 +12,7 @@ from meshnet.cli.endpoint import attach, detach, endpoint, exec_, run
 from meshnet.cli.lab import lab
 from meshnet.cli.network import network
 from meshnet.cli.node import node
+from meshnet.cli.service import service
 from meshnet.errors import MeshnetError
 
 
@@ -24,7 +25,8 @@ def cli(ctx: click.Context, socket_path: str) -> None:
     ctx.obj = {"socket": socket_path}
 
 
-for command in (agent, init, join, token, leave, node, network, run, exec_, attach, detach, endpoint,
+for command in (agent, init, join, token, leave, node, network, service, run, exec_, attach, detach,
+                endpoint,
                 lab):
     cli.add_command(command)
 

@@ -90,4 +90,40 @@ class IpamBlock(Replicated, Base):
     cidr: Mapped[str] = mapped_column(String)
 
 
-MODELS: dict[str, type] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock)}
+class Service(Replicated, Base):
+    __tablename__ = "services"
+    KIND = "service"
+    DATA = tuple(SCHEMAS["service"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String, index=True)
+    networks: Mapped[list] = mapped_column(JSON)
+    replicas: Mapped[int] = mapped_column(BigInteger)
+    endpoint_mode: Mapped[str] = mapped_column(String)
+    env: Mapped[dict] = mapped_column(JSON)
+    restart: Mapped[str] = mapped_column(String)
+    constraints: Mapped[list] = mapped_column(JSON)
+    command: Mapped[list] = mapped_column(JSON)
+    vips: Mapped[dict] = mapped_column(JSON)
+    created: Mapped[int] = mapped_column(BigInteger)
+    spec: Mapped[int] = mapped_column(BigInteger)
+
+
+class Task(Replicated, Base):
+    __tablename__ = "tasks"
+    KIND = "task"
+    DATA = tuple(SCHEMAS["task"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    service: Mapped[str] = mapped_column(String, index=True)
+    slot: Mapped[int] = mapped_column(BigInteger)
+    node: Mapped[str] = mapped_column(String)
+    state: Mapped[str] = mapped_column(String)
+    endpoints: Mapped[dict] = mapped_column(JSON)
+    since: Mapped[int] = mapped_column(BigInteger)
+    error: Mapped[str] = mapped_column(String)
+    restarts: Mapped[int] = mapped_column(BigInteger)
+    spec: Mapped[int] = mapped_column(BigInteger)
+
+
+MODELS: dict[str, type] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock, Service, Task)}

@@ -76,3 +76,10 @@ def read_pcap(path: Path) -> list[str]:
     """One line per packet, as tcpdump -q prints them."""
     return subprocess.run(["tcpdump", "-r", str(path), "-n", "-q"], capture_output=True, text=True,
                           check=True).stdout.splitlines()
+
+
+def between_hosts(lines: list[str]) -> list[str]:
+    """Packets of the mesh itself: drops LAN discovery (mDNS on 5353, its IGMP joins), the
+    one protocol besides WireGuard that meshnet speaks on the LAN (it carries only the
+    cluster's hash, the node id and the join port)."""
+    return [ln for ln in lines if ".5353 " not in ln and ".5353:" not in ln and "igmp" not in ln]

@@ -14,6 +14,7 @@ from meshnet.token import JoinToken
 from tests.conftest import wait_for
 from tests.lab.helpers import (
     MESHNET,
+    between_hosts,
     capture,
     meshnet,
     nodes,
@@ -84,9 +85,9 @@ def test_lan_capture_shows_only_wireguard(lab):
         lab.client(2).get("/v1/nodes")
     assert MARK in inner.read_bytes()
     out = read_pcap(pcap)
-    between_hosts = [p for p in out if "224.0.0.251" not in p]  # mDNS multicast is not "between"
-    assert len(between_hosts) >= 18  # 3 pings x 3 pairs x request+reply, at least
-    others = [p for p in between_hosts if not (".51820 >" in p and "UDP" in p)]
+    mesh = between_hosts(out)
+    assert len(mesh) >= 18  # 3 pings x 3 pairs x request+reply, at least
+    others = [p for p in mesh if not (".51820 >" in p and "UDP" in p)]
     assert others == [], f"non-WireGuard packets on the LAN: {others[:5]}"
     assert MARK not in pcap.read_bytes()  # the pings' payload never crosses in clear
 

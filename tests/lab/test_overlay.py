@@ -12,7 +12,7 @@ import pytest
 from meshnet.lab import Lab
 from tests.conftest import wait_for
 from tests.lab.conftest import unique_name
-from tests.lab.helpers import MESHNET, capture, meshnet, read_pcap, sh
+from tests.lab.helpers import MESHNET, between_hosts, capture, meshnet, read_pcap, sh
 
 # Receives everything on a TCP port and prints "<bytes> <sha256>".
 SINK = ("import hashlib,socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
@@ -154,8 +154,8 @@ def test_only_wireguard_on_the_lan_and_vxlan_guard(lab, appnet):
             assert ep_ping(lab, 1, "web1", appnet[target]["ip"], "-c", "3", "-i", "0.2",
                            "-p", b"overlay-plain".hex()).returncode == 0
     lines = read_pcap(pcap)
-    unicast = [ln for ln in lines if "224.0.0.251" not in ln]
-    assert unicast and all(".51820 >" in ln for ln in unicast), unicast[:5]
+    mesh = between_hosts(lines)
+    assert mesh and all(".51820 >" in ln for ln in mesh), [ln for ln in mesh if ".51820 >" not in ln][:5]
     assert b"overlay-plain" not in pcap.read_bytes()
     rules = sh(lab, 1, "nft", "list", "table", "inet", "meshnet").stdout
     assert "4789" in rules and "mnet0" in rules and "drop" in rules
