@@ -273,19 +273,21 @@ class Agent:
         me, alive = self.node_id, self.services.alive_nodes()
         eps, svcs = self.overlay.live_endpoints(), self.services.live()
         tasks = self.services.tasks()
-        views = plan_dns.views(me, eps, svcs, tasks, alive, self._forwarders())
+        subnets = {n.id: n.subnet for n in self.overlay.live_networks()}
+        views = plan_dns.views(me, eps, svcs, tasks, alive, self._forwarders(), subnets)
         for path, backends in plan_dns.vip_backends(me, eps, svcs, tasks, alive).items():
             if self._lb_applied.get(path) != backends and os.path.exists(path):
                 await asyncio.to_thread(lb.apply, path, backends)
                 self._lb_applied[path] = backends
         for path in set(self._lb_applied) - set(views):
             del self._lb_applied[path]
+        serving = set(self.resolver.keys())
         for path, view in views.items():
-            if path in self.resolver.keys():
+            if path in serving:
                 self.resolver.update(path, view)
             elif os.path.exists(path):
                 await self.resolver.add(path, path, view)
-        for path in set(self.resolver.keys()) - set(views):
+        for path in serving - set(views):
             await self.resolver.remove(path)
 
     def _forwarders(self) -> tuple[str, ...]:

@@ -38,7 +38,8 @@ class TaskLike(Protocol):
 
 
 def views(me: str, endpoints: Iterable[EndpointLike], services: Iterable[ServiceLike],
-          tasks: Iterable[TaskLike], alive: set[str], forwarders: tuple[str, ...]) -> dict[str, DnsView]:
+          tasks: Iterable[TaskLike], alive: set[str], forwarders: tuple[str, ...],
+          subnets: dict[str, str] | None = None) -> dict[str, DnsView]:
     """netns path of each local endpoint namespace -> its DnsView.
 
     Tasks count only when running on a node we believe alive, so a dead node's tasks
@@ -84,7 +85,8 @@ def views(me: str, endpoints: Iterable[EndpointLike], services: Iterable[Service
             for name, ips in names[net].items():
                 a[name] += [ip for ip in ips if ip not in a[name]]
             p.update(ptr[net])
-        out[path] = DnsView({k: tuple(v) for k, v in a.items()}, p, forwarders)
+        cidrs = tuple(sorted({subnets[n] for n in nets if subnets and n in subnets}))
+        out[path] = DnsView({k: tuple(v) for k, v in a.items()}, p, forwarders, cidrs)
     return out
 
 
