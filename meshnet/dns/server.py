@@ -72,7 +72,7 @@ class Resolver:
         async with self._locks.setdefault(key, asyncio.Lock()):
             ep = self._eps.get(key)
             if ep is not None and ep.netns_path == netns_path:
-                ep.responder = Responder(view)
+                self._set_view(ep, view)
                 return
             if ep is not None:
                 await self._close(ep)
@@ -94,11 +94,19 @@ class Resolver:
             log.info("dns: serving %s:%d in %s (%s)", self.address, self.port, netns_path, key)
 
     def update(self, key: str, view: DnsView) -> None:
-        """Answer from `view` from the next query on (the cache of built replies starts afresh)."""
+        """Answer from `view` from the next query on. Cheap when nothing changed; KeyError for an
+        unknown key."""
         ep = self._eps.get(key)
         if ep is None:
             raise KeyError(f"dns: no resolver for {key}")
-        ep.responder = Responder(view)
+        self._set_view(ep, view)
+
+    @staticmethod
+    def _set_view(ep: _Endpoint, view: DnsView) -> None:
+        # An equal view keeps its Responder: the built replies and the round-robin position
+        # survive a reconcile that changed nothing.
+        if ep.responder.view is not view and ep.responder.view != view:
+            ep.responder = Responder(view)
 
     async def remove(self, key: str) -> None:
         """Close the sockets in that namespace; unknown keys are fine."""
