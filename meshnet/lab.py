@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshnet.api.client import Client
+from meshnet.config import STATUS_PORT
 from meshnet.errors import MeshnetError, NotFound
 from meshnet.host.cmd import run
 
@@ -115,7 +116,10 @@ class Lab:
 
     # -- up ----------------------------------------------------------------------------
 
-    def up(self, hosts: int, agent_args: list[str] | None = None) -> None:
+    def up(self, hosts: int, agent_args: list[str] | None = None,
+           status_port_base: int | None = None) -> None:
+        """Build the lab. With `status_port_base`, also forward 127.0.0.1:(base+K) in the
+        root namespace to hK's status page (0: ports the kernel picks); see `forward`."""
         if hosts < 1 or hosts > 200:
             raise MeshnetError("a lab has 1 to 200 hosts")
         if self.dir.exists() or self.lan_ns in _netns_list():
@@ -133,6 +137,8 @@ class Lab:
                 self.start_agent(k, wait=False)
             for k in range(1, hosts + 1):
                 self.wait_agent(k)
+            if status_port_base is not None:
+                self.forward(status_port_base)
         except BaseException:
             self.down()
             raise
@@ -217,6 +223,39 @@ class Lab:
     def exec(self, k: int, argv: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run([*self.enter(k), *argv], **kw)
 
+    # -- status pages ------------------------------------------------------------------
+
+    def forward(self, base: int = STATUS_PORT, timeout: float = 10) -> dict[int, int | str]:
+        """Start the lab's forwarder (meshnet/labfwd.py): 127.0.0.1:(base+K) in the root
+        namespace to hK's status page. A port already taken is skipped; the answer says
+        which port each host got, or why not."""
+        out = self.dir / "forward.json"
+        out.unlink(missing_ok=True)
+        specs = [f"{k}:{base + k if base else 0}:/run/netns/{self.ns(k)}" for k in self.hosts()]
+        log = self.dir / "forward.log"
+        with open(log, "ab") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "meshnet.labfwd", str(out),
+                                     str(STATUS_PORT), *specs], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
+        (self.dir / "forward.pid").write_text(str(proc.pid))
+        _wait("the status forwarder", lambda: out.exists() or proc.poll() is not None, timeout)
+        if not out.exists():
+            raise MeshnetError(f"the status forwarder exited: {log.read_text()[-400:]}")
+        return self.status_ports()
+
+    def status_ports(self) -> dict[int, int | str]:
+        """{K: root-namespace port of hK's status page, or why there is none}."""
+        try:
+            return {int(k): v for k, v in json.loads((self.dir / "forward.json").read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _forward_pid(self) -> int | None:
+        try:
+            return int((self.dir / "forward.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
     # -- down --------------------------------------------------------------------------
 
     def down(self) -> None:
@@ -225,6 +264,8 @@ class Lab:
         pids: set[int] = set()
         for k in self.hosts():
             pids |= {p for p in (self._pid(k, "agent"), self._pid(k, "holder")) if p}
+        if fwd := self._forward_pid():
+            pids.add(fwd)
         for ns in namespaces:
             out = run(["ip", "netns", "pids", ns], check=False).stdout
             pids |= {int(p) for p in out.split()}

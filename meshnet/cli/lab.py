@@ -8,6 +8,7 @@ import signal
 import click
 
 from meshnet.cli.common import emit, format_option, table
+from meshnet.config import STATUS_PORT
 from meshnet.lab import Lab, labs
 
 name_option = click.option("--name", default="lab", show_default=True, help="Lab name.")
@@ -21,15 +22,31 @@ def lab() -> None:
 @lab.command("up")
 @click.option("--hosts", type=int, default=3, show_default=True)
 @click.option("--init", "do_init", is_flag=True, help="h1 runs init, the others join.")
+@click.option("--status-port-base", type=int, default=STATUS_PORT, show_default=True,
+              help="Forward 127.0.0.1:(BASE+K) here to host hK's status page; 0 picks free ports, "
+                   "-1 forwards nothing.")
 @name_option
-def up(hosts: int, do_init: bool, name: str) -> None:
+def up(hosts: int, do_init: bool, status_port_base: int, name: str) -> None:
     """Build N hosts h1..hN on one LAN, an agent in each."""
     lb = Lab(name)
-    lb.up(hosts)
+    lb.up(hosts, status_port_base=status_port_base if status_port_base >= 0 else None)
     click.echo(f"lab {name}: {hosts} hosts on {lb.lan_ns} ({', '.join(lb.ip(k) for k in lb.hosts())})")
     if do_init:
         lb.form_cluster()
         click.echo(f"lab {name}: h1 created the cluster, h2..h{hosts} joined")
+    _print_status_urls(lb)
+
+
+def _print_status_urls(lb: Lab) -> None:
+    ports = lb.status_ports()
+    if not ports:
+        return
+    click.echo(f"lab {lb.name}: status pages")
+    for k, port in sorted(ports.items()):
+        if isinstance(port, int):
+            click.echo(f"  h{k}  http://127.0.0.1:{port}/")
+        else:
+            click.echo(f"  h{k}  not forwarded: {port}; pick other ports with --status-port-base")
 
 
 @lab.command("down")
