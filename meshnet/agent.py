@@ -24,20 +24,25 @@ from aiohttp import web
 from meshnet import join as handshake
 from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
 from meshnet.discovery import Advertiser, find_members, parse_addr
+from meshnet.dns.server import Resolver
 from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotMember
 from meshnet.events import Events
 from meshnet.hlc import HLC
-from meshnet.host import firewall, links
+from meshnet.host import firewall, lb, links, netns_files
 from meshnet.host import overlay as host_overlay
 from meshnet.host.wireguard import Backend, choose
 from meshnet.keys import NodeKeys, b64, load_or_create, unb64, write_secret
+from meshnet.liveness import Liveness
 from meshnet.overlay import Overlay
+from meshnet.plan import dns as plan_dns
 from meshnet.plan import transit
 from meshnet.plan.overlay import VXLAN_PORT, OverlayState
 from meshnet.plan.wireguard import PeerStats, desired, diff
 from meshnet.rows import Row
+from meshnet.services import Services
 from meshnet.store import Store
 from meshnet.store.models import Cluster, Node
+from meshnet.tasks import Supervisor
 from meshnet.token import JoinToken, cluster_tag, secret_hash
 
 log = logging.getLogger("meshnet.agent")
@@ -58,12 +63,17 @@ class Agent:
         self.stats: dict[str, PeerStats] = {}
         self.name = cfg.name or socket.gethostname()
         self._host_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
+        self.changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._http: httpx.AsyncClient | None = None
         self.transit_mtu: int | None = None
         self.overlay = Overlay(self)
+        self.liveness = Liveness()
+        self.services = Services(self)
+        self.supervisor = Supervisor(self)
+        self.resolver = Resolver()
+        self._lb_applied: dict[str, dict] = {}
         self._mdns_task: asyncio.Task | None = None
         self.events = Events()  # recent events, for the status page
         self.counters: Counter[str] = Counter()  # replication counters, for /metrics
@@ -115,7 +125,7 @@ class Agent:
                                                for r, _ in changed)
         self.events.rows_changed(changed, {n.id: n.name for n in self.store.nodes()})
         if changed:
-            self._changed.set()
+            self.changed.set()
         return [r for r, _ in changed]
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -159,6 +169,7 @@ class Agent:
             await self._come_up()
         self._spawn(self._reconcile_loop())
         self._spawn(self._anti_entropy_loop())
+        self._spawn(self._probe_loop())
         if (status_runner := await status_page.start(self, local_app)) is not None:
             runners.append(status_runner)
         await self._stop.wait()
@@ -166,6 +177,7 @@ class Agent:
         for t in list(self._tasks):
             t.cancel()
         await self.advertiser.stop()
+        await self.resolver.close()  # tasks keep running: a restarted agent adopts them
         for r in runners:
             await r.cleanup()
         await self._http.aclose()
@@ -238,13 +250,16 @@ class Agent:
     async def _reconcile_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.cfg.reconcile_interval)
-            self._changed.clear()
+                await asyncio.wait_for(self.changed.wait(), self.cfg.reconcile_interval)
+            self.changed.clear()
             try:
                 await self._resolve_transit_clash()
                 if self.cluster() is not None:
                     await self.overlay.tidy()
                 await self.reconcile()
+                if self.cluster() is not None and self.me() is not None:
+                    await self.supervisor.reconcile()
+                    await self._reconcile_names()
             except MeshnetError as e:
                 log.error("reconcile failed: %s", e)
                 self.events.add("reconcile-error", f"reconcile failed: {e}", level="error")
@@ -252,6 +267,71 @@ class Agent:
                 log.exception("reconcile failed")
                 self.events.add("reconcile-error", f"reconcile failed: {type(e).__name__}: {e}",
                                 level="error")
+
+    async def _reconcile_names(self) -> None:
+        """DNS views and VIP load balancing for every local endpoint namespace."""
+        me, alive = self.node_id, self.services.alive_nodes()
+        eps, svcs = self.overlay.live_endpoints(), self.services.live()
+        tasks = self.services.tasks()
+        subnets = {n.id: n.subnet for n in self.overlay.live_networks()}
+        views = plan_dns.views(me, eps, svcs, tasks, alive, self._forwarders(), subnets)
+        for path, backends in plan_dns.vip_backends(me, eps, svcs, tasks, alive).items():
+            if self._lb_applied.get(path) != backends and os.path.exists(path):
+                await asyncio.to_thread(lb.apply, path, backends)
+                self._lb_applied[path] = backends
+        for path in set(self._lb_applied) - set(views):
+            del self._lb_applied[path]
+        serving = set(self.resolver.keys())
+        for path, view in views.items():
+            if path in serving:
+                self.resolver.update(path, view)
+            elif os.path.exists(path):
+                await self.resolver.add(path, path, view)
+        for path in serving - set(views):
+            await self.resolver.remove(path)
+
+    def _forwarders(self) -> tuple[str, ...]:
+        own = [s for s in netns_files.host_nameservers() if not s.startswith("127.0.0.11")]
+        return tuple(self.cfg.dns_forward or own)
+
+    async def gather_logs(self, s, tail: int | None, offsets: dict) -> list[dict]:
+        """Every node's logs of a service's tasks; offsets are keyed "node/task"."""
+        def mine(node: str) -> dict:
+            return {k.split("/", 1)[1]: v for k, v in offsets.items()
+                    if isinstance(v, int) and k.startswith(node + "/")}
+
+        async def one(n: Node) -> list[dict]:
+            try:
+                r = await self._http.post(self._peer_url(n, "/peer/v1/logs"), json={
+                    "service": s.id, "tail": tail, "offsets": mine(n.name)})
+                return r.json().get("logs", []) if r.status_code == 200 else []
+            except (httpx.HTTPError, ValueError):
+                return [{"task": "?", "node": n.name, "size": 0, "lines": [], "error": "unreachable"}]
+
+        remote = await asyncio.gather(*(one(n) for n in self.peers()))
+        return self.supervisor.logs_of(s, tail, mine(self.name)) + [x for xs in remote for x in xs]
+
+    async def _probe_loop(self) -> None:
+        """Probe every member each second; a change in who is alive triggers reconcile."""
+        before: set[str] = set()
+        while True:
+            await asyncio.sleep(self.cfg.probe_interval)
+            peers = self.peers() if self.cluster() is not None else []
+
+            async def probe(n: Node) -> None:
+                try:
+                    r = await self._http.get(self._peer_url(n, "/peer/v1/ping"), timeout=1.0)
+                    if r.status_code == 200:
+                        self.liveness.heard(n.id)
+                except httpx.HTTPError:
+                    pass
+
+            await asyncio.gather(*(probe(n) for n in peers))
+            alive = self.liveness.alive_ids(self.node_id, [n.id for n in peers])
+            if alive != before:
+                log.info("alive members: %d of %d peers", len(alive - {self.node_id}), len(peers))
+                before = alive
+                self.changed.set()
 
     async def _resolve_transit_clash(self) -> None:
         cluster, me = self.cluster(), self.me()
@@ -486,6 +566,7 @@ class Agent:
 
     async def leave(self) -> dict:
         cluster = self.require_cluster()
+        await self.supervisor.stop_all()
         await self.write_own(state="left")  # tells every peer to drop us
         if self._mdns_task is not None:
             self._mdns_task.cancel()

@@ -36,6 +36,8 @@ class AgentConfig:
     anti_entropy_interval: float = 2.0
     reconcile_interval: float = 5.0
     mdns: bool = True
+    probe_interval: float = 1.0
+    dns_forward: list[str] = field(default_factory=list)  # default: the host's resolvers
     status_addr: str = f"127.0.0.1:{STATUS_PORT}"  # the status page; "off" for none
     status_token: str | None = None  # required when status_addr is not loopback
     extra: dict = field(default_factory=dict)
