@@ -49,11 +49,13 @@ PROBE_TIMEOUT = 1.5
 EVENTS_SHOWN = 50
 STATS_MAX_AGE = 1.0
 
-# Parts that later subsystems add. A section is a GET route of the local API: when the
-# agent has that route, the overview carries its answer under the key (and the page
-# shows it); when it has not, the key is absent and the page hides that part.
-SECTIONS: dict[str, str] = {"services": "/v1/services", "dns": "/v1/dns"}
-# Functions adding lines to /metrics (task states, DNS counters, ...): agent -> lines.
+# Extra parts. A section is a GET route of the local API: when the agent has that route,
+# the overview carries its answer under the key (and the page shows it); when it has not,
+# the key is absent and the page hides that part. Services and DNS, which have richer
+# views, are built below from the agent's own objects when it has them.
+SECTIONS: dict[str, str] = {}
+# Functions adding lines to /metrics: agent -> lines. Task states and DNS counters are
+# added when the agent has services and a resolver.
 METRICS: list[Callable[[Agent], Iterable[str]]] = []
 
 LOCAL_APP = web.AppKey("local_app", web.Application)
@@ -230,11 +232,91 @@ async def overview(agent: Agent, local: web.Application | None = None) -> dict:
         n["mtu"] = mtu
         n["endpoints_by_host"] = dict(sorted(by_host.items()))
         out["networks"].append(n)
+    if (services := _services(agent)) is not None:
+        out["services"] = services
+    if (dns := _dns(agent)) is not None:
+        out["dns"] = dns
     for key, path in SECTIONS.items():
         data = await _section(local, agent.cfg.socket_path, path)
         if data is not None:
             out[key] = data
     return out
+
+
+def _services(agent: Agent) -> list[dict] | None:
+    """Every service with its VIPs, networks and tasks (node, state, IP); None without services."""
+    sv = getattr(agent, "services", None)
+    if sv is None:
+        return None
+    out = []
+    for v in sv.views():
+        spec = sv.inspect(v["id"])
+        out.append(v | {"networks": spec["Spec"]["Networks"],
+                        "vips": {e["Network"]: e["Addr"] for e in spec["Endpoint"]["VirtualIPs"]},
+                        "tasks": sv.ps(v["id"])})
+    return out
+
+
+_PROBE = "status-page"  # a pretend node whose one endpoint per network sees what it sees
+
+
+def _dns(agent: Agent) -> dict | None:
+    """The names each network resolves (as plan/dns builds them for endpoints) and the
+    resolver's counters; None without the DNS subsystem."""
+    resolver = getattr(agent, "resolver", None)
+    sv = getattr(agent, "services", None)
+    if resolver is None or sv is None:
+        return None
+    from types import SimpleNamespace
+
+    from meshnet.plan import dns as plan_dns
+
+    nets = agent.overlay.live_networks()
+    probes = [SimpleNamespace(id=f"{_PROBE}-{n.id}", name=f"{_PROBE}-{n.id}", network=n.id,
+                              node=_PROBE, ip="", netns=n.id) for n in nets]
+    views = plan_dns.views(_PROBE, [*agent.overlay.live_endpoints(), *probes], sv.live(),
+                           sv.tasks(), sv.alive_nodes(), ())
+    records = {}
+    for n in nets:
+        view = views.get(n.id)
+        a = {k: list(v) for k, v in sorted(view.a.items()) if not k.startswith(_PROBE)} if view else {}
+        records[n.name] = {k: [ip for ip in v if ip] for k, v in a.items()}
+    return {"records": records, "counters": _dns_counters(resolver)}
+
+
+def _dns_counters(resolver) -> dict:
+    return {k: getattr(resolver, k, 0) for k in ("queries", "nxdomain", "forwarded", "forward_errors",
+                                                  "dropped")}
+
+
+def _builtin_metrics(agent: Agent) -> Iterable[str]:
+    sv = getattr(agent, "services", None)
+    if sv is not None and agent.cluster() is not None:
+        states: dict[str, int] = {}
+        for t in sv.tasks():
+            states[t.state] = states.get(t.state, 0) + 1
+        m = _Metrics()
+        m.family("meshnet_tasks", "gauge", "Service tasks by state (every node's, as replicated).",
+                 [({"state": k}, v) for k, v in sorted(states.items())])
+        views = sv.views()
+        m.family("meshnet_service_replicas", "gauge", "Desired and running replicas per service.",
+                 [({"service": v["name"], "kind": "desired"}, v["replicas"]) for v in views]
+                 + [({"service": v["name"], "kind": "running"}, v["running"]) for v in views])
+        yield from m.lines
+    resolver = getattr(agent, "resolver", None)
+    if resolver is not None:
+        c = _dns_counters(resolver)
+        m = _Metrics()
+        m.family("meshnet_dns_queries", "counter", "DNS queries received by 127.0.0.11 in every "
+                 "local endpoint namespace.", [({}, c["queries"])], "_total")
+        m.family("meshnet_dns_nxdomain", "counter", "NXDOMAIN answered for unknown internal names.",
+                 [({}, c["nxdomain"])], "_total")
+        m.family("meshnet_dns_forwarded", "counter", "Queries sent on to the upstream resolvers.",
+                 [({}, c["forwarded"])], "_total")
+        m.family("meshnet_dns_forward_errors", "counter",
+                 "Forwarded queries no upstream answered (the client got SERVFAIL).",
+                 [({}, c["forward_errors"])], "_total")
+        yield from m.lines
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -325,7 +407,7 @@ async def metrics_text(agent: Agent, local: web.Application | None = None) -> st
                 f"meshnet_replication_lag_seconds_count {c['rows_applied']}"]
     m.family("meshnet_events", "counter", "Events recorded since start, by kind.",
              [({"kind": k}, v) for k, v in sorted(agent.events.counts.items())], "_total")
-    for fn in METRICS:
+    for fn in [_builtin_metrics, *METRICS]:
         try:
             m.lines += list(fn(agent))
         except Exception:

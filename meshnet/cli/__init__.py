@@ -13,6 +13,7 @@ from meshnet.cli.lab import lab
 from meshnet.cli.network import network
 from meshnet.cli.node import node
 from meshnet.cli.service import service
+from meshnet.cli.status import status
 from meshnet.errors import MeshnetError
 
 
@@ -25,9 +26,8 @@ def cli(ctx: click.Context, socket_path: str) -> None:
     ctx.obj = {"socket": socket_path}
 
 
-for command in (agent, init, join, token, leave, node, network, service, run, exec_, attach, detach,
-                endpoint,
-                lab):
+for command in (agent, init, join, token, leave, status, node, network, service, run, exec_, attach,
+                detach, endpoint, lab):
     cli.add_command(command)
 
 

@@ -129,21 +129,36 @@ function renderServices(o) {
   fill($("#services tbody"), list.map((s) => {
     const tasks = s.tasks || [];
     const running = s.running ?? tasks.filter((t) => t.state === "running").length;
-    const desired = s.replicas ?? s.desired ?? "–";
-    return el("tr", { "data-service": s.name },
+    const desired = s.replicas ?? "–";
+    const vips = Object.entries(s.vips || {}).map(([net, ip]) => `${ip} (${net})`).join(", ");
+    return el("tr", { "data-service": s.name, "data-running": running, "data-desired": desired },
       el("td", {}, el("b", {}, s.name)),
-      el("td", {}, s.mode || "replicated"),
-      el("td", {}, `${running} / ${desired}`),
-      el("td", {}, [].concat(s.networks || s.network || []).join(", ") || "–"),
-      el("td", {}, el("ul", { class: "per-host" }, tasks.map((t) =>
-        el("li", { class: `task ${t.state}` }, el("span", { class: "host-tag" }, t.node || "?"),
-          `${t.state || ""} `, el("code", {}, t.ip || (t.ips || []).join(" ") || ""))))));
-  }), "no services", 5);
+      el("td", {}, `${s.mode || "replicated"}${s.endpoint_mode ? " · " + s.endpoint_mode : ""}`),
+      el("td", { class: running < desired ? "short" : "" }, `${running} / ${desired}`),
+      el("td", {}, (s.networks || []).join(", ") || "–", vips ? el("div", { class: "muted" }, "VIP ", el("code", {}, vips)) : null),
+      el("td", {}, tasks.length ? el("ul", { class: "per-host" }, tasks.map((t) =>
+        el("li", { class: `task ${t.state.split(" ")[0]}`, "data-task": t.task },
+          el("span", { class: "host-tag" }, t.node || "?"), `${t.task} `,
+          el("span", { class: `state ${t.state.split(" ")[0]}` }, t.state), " ",
+          el("code", {}, t.ip || ""))))
+        : el("span", { class: "muted" }, "none")));
+  }), "no services yet: meshnet service create", 5);
 }
 
 function renderDns(o) {
-  $("#dns-card").hidden = o.dns === undefined;
-  if (o.dns !== undefined) $("#dns").textContent = JSON.stringify(o.dns, null, 2);
+  const card = $("#dns-card");
+  card.hidden = o.dns === undefined;
+  if (card.hidden) return;
+  const rows = [];
+  for (const [net, recs] of Object.entries(o.dns.records || {})) {
+    for (const [name, ips] of Object.entries(recs)) {
+      rows.push(el("tr", { "data-network": net, "data-name": name },
+        el("td", {}, net), el("td", {}, el("code", {}, name)), el("td", {}, el("code", {}, ips.join(", ") || "–"))));
+    }
+  }
+  fill($("#dns tbody"), rows, "no names yet", 3);
+  const c = o.dns.counters || {};
+  $("#dns-counters").textContent = `queries ${c.queries ?? 0} · NXDOMAIN ${c.nxdomain ?? 0} · forwarded ${c.forwarded ?? 0} · forward errors ${c.forward_errors ?? 0}`;
 }
 
 function renderEvents(o) {
