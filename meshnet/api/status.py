@@ -335,9 +335,10 @@ class _Metrics:
 
     def family(self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict, float]],
                 suffix: str = "") -> None:
+        name += suffix  # text format 0.0.4: a counter's HELP and TYPE name its _total samples
         self.lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
         for labels, value in samples:
-            self.lines.append(f"{name}{suffix}{_labels(**labels)} {_num(value)}")
+            self.lines.append(f"{name}{_labels(**labels)} {_num(value)}")
 
 
 def _num(v: float) -> str:

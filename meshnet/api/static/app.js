@@ -137,9 +137,9 @@ function renderServices(o) {
       el("td", { class: running < desired ? "short" : "" }, `${running} / ${desired}`),
       el("td", {}, (s.networks || []).join(", ") || "–", vips ? el("div", { class: "muted" }, "VIP ", el("code", {}, vips)) : null),
       el("td", {}, tasks.length ? el("ul", { class: "per-host" }, tasks.map((t) =>
-        el("li", { class: `task ${t.state.split(" ")[0]}`, "data-task": t.task },
+        el("li", { class: "task", "data-task": t.task, "data-state": t.state },
           el("span", { class: "host-tag" }, t.node || "?"), `${t.task} `,
-          el("span", { class: `state ${t.state.split(" ")[0]}` }, t.state), " ",
+          el("span", { class: `state ${t.state.includes("down") ? "down" : t.state.split(" ")[0]}` }, t.state), " ",
           el("code", {}, t.ip || ""))))
         : el("span", { class: "muted" }, "none")));
   }), "no services yet: meshnet service create", 5);
