@@ -21,7 +21,12 @@ def _bytes(n: int) -> str:
 
 
 def render(o: dict, console) -> None:
-    from rich.table import Table
+    from functools import partial
+
+    from rich import box
+    from rich.table import Table as RichTable
+
+    Table = partial(RichTable, box=box.SIMPLE_HEAD, title_justify="left", title_style="bold")
 
     c, me = o["cluster"], o["node"]
     if not c["member"]:
@@ -29,7 +34,7 @@ def render(o: dict, console) -> None:
         return
     console.print(f"[bold]cluster[/] {c['id']}  [bold]members[/] {c['size']}  [bold]this node[/] "
                   f"{me['name']} {me['transit_ip']}  [bold]WireGuard[/] {me['backend'] or '-'}")
-    t = Table(title="Members", title_justify="left", title_style="bold")
+    t = Table(title="Members")
     for h in ("NAME", "HEALTH", "TRANSIT IP", "ENDPOINT", "HANDSHAKE", "RTT", "AGENT", "RX", "TX",
               "BACKEND"):
         t.add_column(h, justify="right" if h in ("RX", "TX", "RTT") else "left")
@@ -41,9 +46,11 @@ def render(o: dict, console) -> None:
                   "-" if m["self"] else _bytes(m["rx_bytes"]), "-" if m["self"] else _bytes(m["tx_bytes"]),
                   m["backend"] or "-")
     console.print(t)
-    t = Table(title="Networks", title_justify="left", title_style="bold")
+    t = Table(title="Networks")
     for h in ("NAME", "VNI", "SUBNET", "MTU", "ENDPOINTS", "PER HOST"):
         t.add_column(h)
+    if not o["networks"]:
+        t.add_row("(none)", "", "", "", "", "")
     for n in o["networks"]:
         per_host = "\n".join(f"{h}: " + ", ".join(f"{e['name']} {e['ip']}" for e in eps)
                              for h, eps in n["endpoints_by_host"].items())
@@ -51,7 +58,7 @@ def render(o: dict, console) -> None:
                   per_host or "-")
     console.print(t)
     if "services" in o:
-        t = Table(title="Services", title_justify="left", title_style="bold")
+        t = Table(title="Services")
         for h in ("NAME", "MODE", "REPLICAS", "NETWORKS", "TASKS"):
             t.add_column(h)
         for s in o["services"]:
@@ -59,7 +66,7 @@ def render(o: dict, console) -> None:
             t.add_row(s["name"], s.get("mode", "replicated"), f"{s.get('running')}/{s.get('replicas')}",
                       ", ".join(s.get("networks", [])), tasks or "-")
         console.print(t)
-    t = Table(title="Recent events", title_justify="left", title_style="bold")
+    t = Table(title="Recent events")
     for h in ("TIME", "EVENT", "MESSAGE"):
         t.add_column(h)
     for e in list(reversed(o["events"]))[:15]:
@@ -80,4 +87,7 @@ def status(ctx: click.Context, fmt: str) -> None:
         return
     from rich.console import Console
 
-    render(o, Console())
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)  # piped: do not squeeze the tables into 80 columns
+    render(o, console)
