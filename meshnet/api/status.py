@@ -218,7 +218,7 @@ async def overview(agent: Agent, local: web.Application | None = None) -> dict:
         v["rtt_ms"] = round(r["rtt"] * 1000, 2) if r and r["rtt"] is not None else None
         v["health"] = health(v, r)
         members.append(v)
-    members.sort(key=lambda m: (m["state"] != "active", m["transit_ip"]))
+    members.sort(key=lambda m: (m["state"] != "active", ipaddress.ip_address(m["transit_ip"])))
     out["members"] = members
     ov = agent.overlay
     eps = ov.live_endpoints()
