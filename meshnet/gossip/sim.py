@@ -61,8 +61,7 @@ class Sim:
     def _start(self, node: str, cfg: SwimConfig, incarnation: int = 0) -> None:
         sw = Swim(node, cfg, random.Random(self.rng.random()), now=self.now, incarnation=incarnation,
                   on_event=lambda ev, node=node: self._on_event(node, ev))
-        for other in self.ids:
-            sw.add_member(other, now=self.now)
+        sw.add_members(self.ids, now=self.now)
         self.nodes[node] = sw
         self._tick_at.pop(node, None)
         self._schedule(node)

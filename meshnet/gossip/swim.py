@@ -125,8 +125,8 @@ _UPD = struct.Struct("!BI")
 
 def _put_str(out: bytearray, s: str, allow_empty: bool = False) -> None:
     b = s.encode()
-    if not (0 if allow_empty else 1) <= len(b) <= MAX_ID:
-        raise ValueError(f"id length {len(b)} out of range")
+    if not (0 if allow_empty else 1) <= len(b) <= MAX_ID or not s.isprintable():
+        raise ValueError(f"bad id {s!r}")
     out.append(len(b))
     out += b
 
@@ -243,8 +243,8 @@ class SwimConfig:
     """Defaults are for a LAN: a killed node is dead everywhere in ~3-5 s at 3-20 nodes
     (docs/membership.md has the formula and the measurements)."""
 
-    probe_interval: float = 0.5  # one probe per period
-    probe_timeout: float = 0.2  # direct ack deadline, then ping-req; relays wait as long (2x < interval)
+    probe_interval: float = 0.4  # one probe per period
+    probe_timeout: float = 0.15  # direct ack deadline, then ping-req; relays wait as long (2x < interval)
     indirect_checks: int = 3  # k members asked to ping-req
     suspicion_mult: float = 4.0  # min suspicion = mult * max(1, log10 N) * interval
     suspicion_max_mult: float = 3.0  # a suspicion starts at this times the min, shrinks with confirmations
@@ -256,6 +256,18 @@ class SwimConfig:
     lifeguard: bool = True  # off = plain SWIM: fixed timeouts, no nacks, no buddy
     max_packet: int = 1200  # bytes of one encoded message (fits a 1280 MTU with IP/UDP)
     event_history: int = 1000
+
+    def suspicion_min(self, n: int) -> float:
+        """Suspicion timeout once enough members confirm it (before local-health scaling)."""
+        return self.suspicion_mult * max(1.0, math.log10(max(1, n))) * self.probe_interval
+
+    def detection_estimate(self, n: int) -> tuple[float, float]:
+        """(typical, slow) seconds from a crash to 'dead' everywhere in an n-node cluster: a
+        probe finds it within ~2 periods, then the suspicion runs for its min (confirmed) or
+        max (unconfirmed) timeout, then a few gossip rounds spread 'dead'."""
+        spread = 2 * max(self.gossip_interval, self.probe_interval / 2)
+        base = 2 * self.probe_interval + spread
+        return base + self.suspicion_min(n), base + self.suspicion_max_mult * self.suspicion_min(n)
 
 
 # -- the state machine --------------------------------------------------------------------
@@ -355,6 +367,17 @@ class Swim:
         pl.append(node)
         j = self.rng.randrange(self._probe_idx, len(pl))
         pl[j], pl[-1] = pl[-1], pl[j]
+
+    def add_members(self, nodes: Iterable[str], now: float | None = None) -> None:
+        """Many `add_member`s at once (a node starting from its store): one shuffle, not N draws."""
+        t = self._now if now is None else now
+        new = [n for n in dict.fromkeys(nodes) if n != self.me and n not in self._members]
+        for n in new:
+            self._members[n] = _Member(0, t)
+        self._live += len(new)
+        rest = self._probe_list[self._probe_idx:] + new
+        self.rng.shuffle(rest)
+        self._probe_list[self._probe_idx:] = rest
 
     def remove_member(self, node: str) -> None:
         """Forget a member entirely (revoked): no probes, no state, its updates ignored."""
@@ -659,7 +682,7 @@ class Swim:
 
     def _start_suspicion(self, node: str, origin: str, now: float) -> None:
         n = self._live
-        tmin = self.cfg.suspicion_mult * max(1.0, math.log10(max(1, n))) * self.cfg.probe_interval
+        tmin = self.cfg.suspicion_min(n)
         k = 0
         if self.cfg.lifeguard:
             tmin *= self.health + 1
