@@ -25,7 +25,7 @@ from meshnet import join as handshake
 from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
 from meshnet.discovery import Advertiser, find_members, parse_addr
 from meshnet.dns.server import Resolver
-from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotMember
+from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotFound, NotMember
 from meshnet.events import Events
 from meshnet.hlc import HLC
 from meshnet.host import firewall, lb, links, netns_files
@@ -253,6 +253,7 @@ class Agent:
                 await asyncio.wait_for(self.changed.wait(), self.cfg.reconcile_interval)
             self.changed.clear()
             try:
+                await self._check_revoked()
                 await self._resolve_transit_clash()
                 if self.cluster() is not None:
                     await self.overlay.tidy()
@@ -368,7 +369,8 @@ class Agent:
     def _peer_url(self, n: Node, path: str) -> str:
         return f"http://{n.transit_ip}:{parse_addr(n.control)[1]}{path}"
 
-    async def push(self, rows: list[Row], exclude: set[str] = frozenset()) -> list[dict]:
+    async def push(self, rows: list[Row], exclude: set[str] = frozenset(),
+                   also: list[Node] = ()) -> list[dict]:
         """Send new rows to every member now and return their answers; anti-entropy
         repairs what does not arrive."""
         body = {"rows": [r.to_json() for r in rows]}
@@ -382,7 +384,7 @@ class Agent:
                 log.debug("push to %s failed: %s", n.name, e)
                 return None
 
-        targets = [n for n in self.peers() if n.id not in exclude]
+        targets = [n for n in self.peers() if n.id not in exclude] + list(also)
         self.counters["sent_push"] += len(targets)
         replies = await asyncio.gather(*(one(n) for n in targets))
         return [r for r in replies if r is not None]
@@ -497,6 +499,11 @@ class Agent:
         for n in transit.active(self.store.nodes()):
             if n.transit_ip == row.data["transit_ip"] and n.id != row.id:
                 raise JoinRefused(f"transit address {n.transit_ip} is taken by {n.name}; retry")
+        if self.store.revoked(row.id):  # the token holder may bring a removed node back
+            lift = Row("revocation", row.id, self.node_id, self.hlc.now(), True,
+                       {"name": row.data["name"], "reason": "joined again"}).signed(self.keys)
+            self.merge([lift], "self")
+            self._spawn(self.push([lift]))
         changed = self.merge([row], f"joiner {row.data['name']}")
         if not changed and (existing := self.store.node(row.id)) and existing.version != row.version:
             raise JoinRefused("node row refused (bad signature or stale version)")
@@ -568,9 +575,17 @@ class Agent:
         cluster = self.require_cluster()
         await self.supervisor.stop_all()
         await self.write_own(state="left")  # tells every peer to drop us
+        await self._teardown()
+        log.info("left cluster %s", cluster.id)
+        return {"left": cluster.id}
+
+    async def _teardown(self) -> None:
+        """Stop being a member locally: announcement, overlay, tunnel, cluster state."""
         if self._mdns_task is not None:
             self._mdns_task.cancel()
         await self.advertiser.stop()
+        for key in list(self.resolver.keys()):
+            await self.resolver.remove(key)
         async with self._host_lock:
             backend = self.backend or choose(self.cfg.wireguard, self.cfg.wireguard_go,
                                              self.cfg.interface)
@@ -583,8 +598,57 @@ class Agent:
             self.stats = {}
             self.store.forget_cluster()
             (self.cfg.state_dir / SECRET_FILE).unlink(missing_ok=True)
-        log.info("left cluster %s", cluster.id)
-        return {"left": cluster.id}
+
+    async def revoke(self, ref: str) -> dict:
+        """`meshnet node rm`: every member drops the node, refuses its rows from now on,
+        and frees its addresses and slots. It may join again with the token."""
+        self.require_cluster()
+        node = self.find_node(ref)
+        if node.id == self.node_id:
+            raise Conflict("this is the local node: use `meshnet leave`")
+        row = Row("revocation", node.id, self.node_id, self.hlc.now(), False,
+                  {"name": node.name, "reason": f"removed by {self.name}"}).signed(self.keys)
+        # Tell the removed node first, while its tunnel still exists, so it leaves too.
+        await self.push([row], exclude={n.id for n in self.peers()}, also=[node])
+        self.merge([row], "self")
+        await self.push([row])
+        log.warning("revoked %s (%s)", node.name, node.id)
+        return {"removed": node.name, "id": node.id}
+
+    def find_node(self, ref: str) -> Node:
+        for n in self.store.nodes():
+            if ref in (n.name, n.id):
+                return n
+        matches = [n for n in self.store.nodes() if n.id.startswith(ref)] if len(ref) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"no member {ref!r} (see `meshnet node ls`)")
+
+    async def update_labels(self, ref: str, add: dict, remove: list) -> dict:
+        """Labels for placement constraints. A node owns its row, so another node's labels
+        are changed by asking that node over the tunnel."""
+        self.require_cluster()
+        node = self.find_node(ref) if ref else self.me()
+        if node is None:
+            raise NotMember("this node is not in a cluster")
+        if node.id != self.node_id:
+            try:
+                r = await self._http.post(self._peer_url(node, "/peer/v1/labels"),
+                                          json={"add": add, "remove": remove})
+            except httpx.HTTPError as e:
+                raise MeshnetError(f"could not reach {node.name} to change its labels: {e}") from None
+            if r.status_code != 200:
+                raise MeshnetError(f"{node.name} refused the label change: {r.text[:200]}")
+            return r.json()
+        labels = {k: v for k, v in {**node.labels, **add}.items() if k not in remove}
+        await self.write_own(labels=labels)
+        return {"name": self.name, "labels": labels}
+
+    async def _check_revoked(self) -> None:
+        if self.cluster() is not None and self.store.revoked(self.node_id):
+            log.warning("this node was removed from the cluster; tearing down")
+            await self.supervisor.stop_all()
+            await self._teardown()
 
     # -- views ---------------------------------------------------------------------------
 
@@ -599,6 +663,13 @@ class Agent:
             return
         self.stats = {s.public_key: s for s in stats}
 
+    def _health(self, n: Node) -> str:
+        if n.state != "active":
+            return n.state
+        if n.id == self.node_id or self.liveness.alive(n.id):
+            return "alive"
+        return "dead"
+
     def node_views(self) -> list[dict]:
         now = time.time()
         out = []
@@ -609,6 +680,7 @@ class Agent:
                 "id": n.id, "name": n.name, "transit_ip": n.transit_ip, "endpoint": n.endpoint,
                 "control": n.control, "state": n.state, "labels": n.labels, "version": n.version,
                 "self": n.id == self.node_id, "last_handshake": hs or None,
+                "health": self._health(n), "last_seen_age": self.liveness.last_seen_age(n.id),
                 "handshake_age": round(now - hs, 1) if hs else None,
                 "rx_bytes": s.rx_bytes if s else 0, "tx_bytes": s.tx_bytes if s else 0,
             })

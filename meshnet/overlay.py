@@ -308,9 +308,7 @@ class Overlay:
         for n in losers:
             actor = n.owner if n.owner in live_nodes else min(live_nodes, default=None)
             if actor == me:
-                log.warning("network %s (%s) lost a name/VNI/subnet clash to an earlier one; "
-                            "removing it", n.name, n.id)
-                await self.agent.write_row("network", n.id, _data(n), deleted=True)
+                await self._settle_clash(n, live)
         for e in self.store.objects(Endpoint):
             if e.node != me:
                 continue
@@ -323,6 +321,36 @@ class Overlay:
         for c in self.store.objects(IpamBlock):
             if c.owner == me and c.network not in live_ids:
                 await self.agent.write_row("ipam_block", c.id, _data(c), deleted=True)
+
+    async def _settle_clash(self, n: Network, live: list[Network]) -> None:
+        """A network that clashes with an earlier one (made on both sides of a partition,
+        or at the same moment). The same name means the same intent: the later one goes.
+        A VNI, or a subnet it holds no endpoint in yet, is picked again instead."""
+        cluster = self.agent.cluster()
+        has_endpoints = any(e.network == n.id for e in self.store.objects(Endpoint))
+        data = _data(n)
+        if any(w.name == n.name for w in live):
+            reason = f"the name is taken by {n.name!r} created earlier"
+        else:
+            if any(w.vni == n.vni for w in live):
+                data["vni"] = plan_networks.pick_vni(live)
+            subnet = ipaddress.ip_network(n.subnet)
+            if any(subnet.overlaps(ipaddress.ip_network(w.subnet)) for w in live):
+                if has_endpoints or cluster is None:
+                    reason = f"its subnet {n.subnet} overlaps an earlier network and it has endpoints"
+                    data = None
+                else:
+                    routes = await asyncio.to_thread(links.routed_networks)
+                    data["subnet"] = str(plan_networks.pick_subnet(
+                        cluster.settings["network_pool"], live, routes, cluster.settings["transit_cidr"]))
+                    data["gateway"] = plan_networks.gateway_for(ipaddress.ip_network(data["subnet"]), None)
+            if data is not None:
+                log.warning("network %s (%s) clashed with an earlier one: now VNI %s, subnet %s",
+                            n.name, n.id, data["vni"], data["subnet"])
+                await self.agent.write_row("network", n.id, data)
+                return
+        log.warning("network %s (%s) removed: %s", n.name, n.id, reason)
+        await self.agent.write_row("network", n.id, _data(n), deleted=True)
 
     def desired(self, transit_mtu: int) -> plan_overlay.OverlayState:
         nodes = {n.id: n.transit_ip for n in active(self.store.nodes())}

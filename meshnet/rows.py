@@ -33,12 +33,15 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "service": {"name": str, "networks": list, "replicas": int, "endpoint_mode": str,
                 "env": dict, "restart": str, "constraints": list, "command": list, "vips": dict,
                 "created": int, "spec": int},
+    # A member removed from the cluster by another (`meshnet node rm`); id: its node id.
+    # Cluster-scoped; a tombstone lifts it (the node joined again with the token).
+    "revocation": {"name": str, "reason": str},
     # Owned by the node that runs the task (id: service/slot/node).
     "task": {"service": str, "slot": int, "node": str, "state": str, "endpoints": dict,
              "since": int, "error": str, "restarts": int, "spec": int},
 }
 KINDS = tuple(SCHEMAS)
-SHARED_KINDS = frozenset({"network", "service"})
+SHARED_KINDS = frozenset({"network", "service", "revocation"})
 
 
 @dataclass(frozen=True)

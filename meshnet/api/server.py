@@ -84,6 +84,19 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
     async def leave(_req: web.Request) -> web.Response:
         return web.json_response(await agent.leave())
 
+    async def node_rm(req: web.Request) -> web.Response:
+        return web.json_response(await agent.revoke(req.match_info["ref"]))
+
+    async def node_labels(req: web.Request) -> web.Response:
+        b = await _body(req)
+        add, remove = b.get("add") or {}, b.get("remove") or []
+        if not isinstance(add, dict) or not isinstance(remove, list):
+            raise MeshnetError("labels: add must be an object and remove a list")
+        ref = req.match_info.get("ref", "")
+        return web.json_response(await agent.update_labels(
+            "" if ref == "self" else ref, {str(k): str(v) for k, v in add.items()},
+            [str(k) for k in remove]))
+
     ov = agent.overlay
 
     async def networks(_req: web.Request) -> web.Response:
@@ -187,6 +200,7 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
     local.add_routes([
         web.get("/v1/status", status), web.post("/v1/init", init), web.post("/v1/join", join),
         web.get("/v1/token", token), web.get("/v1/nodes", nodes), web.post("/v1/leave", leave),
+        web.delete("/v1/nodes/{ref}", node_rm), web.post("/v1/nodes/{ref}/labels", node_labels),
     ])
 
     async def join_request(req: web.Request) -> web.Response:
@@ -230,7 +244,16 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
         offsets = b.get("offsets") if isinstance(b.get("offsets"), dict) else {}
         return web.json_response({"logs": agent.supervisor.logs_of(s, tail, offsets)})
 
+    async def peer_labels(req: web.Request) -> web.Response:
+        b = await _body(req)
+        add, remove = b.get("add") or {}, b.get("remove") or []
+        if not isinstance(add, dict) or not isinstance(remove, list):
+            raise MeshnetError("labels: add must be an object and remove a list")
+        return web.json_response(await agent.update_labels(
+            "", {str(k): str(v) for k, v in add.items()}, [str(k) for k in remove]))
+
     control.add_routes([
+        web.post("/peer/v1/labels", member_only(peer_labels)),
         web.get("/peer/v1/ping", member_only(ping)),
         web.post("/peer/v1/logs", member_only(logs)),
         web.post("/join/v1", join_request),

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.orm import sessionmaker
 
 from meshnet.rows import SHARED_KINDS, Outcome, Row, check_signature, newer
-from meshnet.store.models import MODELS, Cluster, Node
+from meshnet.store.models import MODELS, Cluster, Node, Revocation
 
 
 def migrations_dir() -> Path:
@@ -81,11 +81,19 @@ class Store:
         return Row(obj.KIND, obj.id, obj.owner, obj.version, obj.deleted, data, obj.sig)
 
     def nodes(self, include_deleted: bool = False) -> list[Node]:
+        """Members; without include_deleted, revoked nodes are left out too, so nothing
+        (peers, placement, IPAM, endpoints) counts them any more."""
         with self.session() as s:
             q = select(Node).order_by(Node.name, Node.id)
             if not include_deleted:
-                q = q.where(Node.deleted.is_(False))
+                revoked = select(Revocation.id).where(Revocation.deleted.is_(False))
+                q = q.where(Node.deleted.is_(False), Node.id.not_in(revoked))
             return list(s.scalars(q))
+
+    def revoked(self, node_id: str) -> bool:
+        with self.session() as s:
+            r = s.get(Revocation, node_id)
+            return r is not None and not r.deleted
 
     def node(self, node_id: str) -> Node | None:
         with self.session() as s:
@@ -143,6 +151,9 @@ class Store:
                     continue
                 owner = s.get(Node, row.owner)
                 why = check_signature(row, owner.identity_pub if owner else None)
+                revoked = s.get(Revocation, row.owner)
+                if why is None and revoked is not None and not revoked.deleted and row.kind != "revocation":
+                    why = f"{row.owner} has been removed from the cluster"
                 if (why is None and existing is not None and existing.owner != row.owner
                         and row.kind not in SHARED_KINDS):
                     why = f"{row.owner} may not overwrite a row owned by {existing.owner}"

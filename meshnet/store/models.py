@@ -126,4 +126,15 @@ class Task(Replicated, Base):
     spec: Mapped[int] = mapped_column(BigInteger)
 
 
-MODELS: dict[str, type] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock, Service, Task)}
+class Revocation(Replicated, Base):
+    __tablename__ = "revocations"
+    KIND = "revocation"
+    DATA = tuple(SCHEMAS["revocation"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)  # the revoked node's id
+    name: Mapped[str] = mapped_column(String)
+    reason: Mapped[str] = mapped_column(String)
+
+
+MODELS: dict[str, type] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock, Service, Task,
+                                               Revocation)}

@@ -67,7 +67,7 @@ def test_node_ls_cli_shows_members_and_handshakes(lab):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:4] == ["NAME", "ID", "TRANSIT", "IP"]
-    assert len(lines) == 4 and all("active" in line for line in lines[1:])
+    assert len(lines) == 4 and all(" alive " in line for line in lines[1:])
     assert "ago" in out.stdout  # a peer's last handshake is shown
     assert "h1 *" in out.stdout  # this node is marked
 
