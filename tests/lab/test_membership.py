@@ -43,7 +43,8 @@ def partition(lab: Lab, side_a: list[int], side_b: list[int], heal: bool = False
     a = ", ".join(f'"h{k}"' for k in side_a)
     b = ", ".join(f'"h{k}"' for k in side_b)
     rules = (f"table bridge mnpart {{\n chain cut {{\n  type filter hook forward priority 0; policy accept;\n"
-             f"  iifname {{ {a} }} oifname {{ {b} }} drop\n  iifname {{ {b} }} oifname {{ {a} }} drop\n }}\n}}\n")
+             f"  iifname {{ {a} }} oifname {{ {b} }} drop\n"
+             f"  iifname {{ {b} }} oifname {{ {a} }} drop\n }}\n}}\n")
     subprocess.run(["ip", "netns", "exec", lab.lan_ns, "nft", "-f", "-"], input=rules, text=True, check=True)
 
 
