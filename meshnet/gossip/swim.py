@@ -254,6 +254,7 @@ class SwimConfig:
     reconnect_interval: float = 2.0  # ping one dead member this often, so partitions heal
     awareness_max: int = 8  # local health multiplier ceiling (Lifeguard)
     lifeguard: bool = True  # off = plain SWIM: fixed timeouts, no nacks, no buddy
+    final_ping: bool = True  # ping a suspect once more before declaring it dead (see _expire_suspicion)
     max_packet: int = 1200  # bytes of one encoded message (fits a 1280 MTU with IP/UDP)
     event_history: int = 1000
 
@@ -264,9 +265,10 @@ class SwimConfig:
     def detection_estimate(self, n: int) -> tuple[float, float]:
         """(typical, slow) seconds from a crash to 'dead' everywhere in an n-node cluster: a
         probe finds it within ~2 periods, then the suspicion runs for its min (confirmed) or
-        max (unconfirmed) timeout, then a few gossip rounds spread 'dead'."""
+        max (unconfirmed) timeout, the final ping waits 2 probe timeouts, then a few gossip
+        rounds spread 'dead'."""
         spread = 2 * max(self.gossip_interval, self.probe_interval / 2)
-        base = 2 * self.probe_interval + spread
+        base = 2 * self.probe_interval + spread + (2 * self.probe_timeout if self.final_ping else 0.0)
         return base + self.suspicion_min(n), base + self.suspicion_max_mult * self.suspicion_min(n)
 
 
@@ -284,10 +286,11 @@ class _Member:
 
 
 class _Suspicion:
-    __slots__ = ("confirmed", "deadline", "k", "max", "min", "start")
+    __slots__ = ("checked", "confirmed", "deadline", "k", "max", "min", "start")
 
     def __init__(self, start: float, k: int, tmin: float, tmax: float, origin: str) -> None:
         self.start, self.k, self.min, self.max = start, k, tmin, tmax
+        self.checked = False
         self.confirmed = {origin}
         self.deadline = start + (tmin if k < 1 else tmax)
 
@@ -472,7 +475,7 @@ class Swim:
                 if relay is not None and self.cfg.lifeguard:
                     out.append(self._send(relay[0], Nack(relay[1], self._piggyback(relay[0]))))
             elif kind == "suspect":
-                self._expire_suspicion(key, now)
+                out += self._expire_suspicion(key, now)
             elif kind == "gossip":
                 self._gossip_armed = False
                 out += self._gossip_round(self.cfg.gossip_nodes)
@@ -653,6 +656,10 @@ class Swim:
             self._refute(u.incarnation)
             if u.status == Status.SUSPECT:
                 self._health(+1)  # being suspected hints that we are the slow one
+        elif self.me not in self._bq:
+            # A stale accusation: someone missed our refutation after it stopped circulating
+            # and would otherwise hold it (and declare us dead) for good. Say it again.
+            self._enqueue(Update(Status.ALIVE, self.me, self.incarnation))
 
     def _refute(self, accused: int) -> None:
         self.incarnation = max(self.incarnation, accused) + 1
@@ -693,13 +700,23 @@ class Swim:
         self._suspicions[node] = s
         self._timer(s.deadline, "suspect", node)
 
-    def _expire_suspicion(self, node: object, now: float) -> None:
-        s = self._suspicions.get(node)  # type: ignore[arg-type]
-        if s is None or s.deadline > now:
-            return  # refuted, or confirmations moved the deadline (a later timer exists)
-        m = self._members[node]  # type: ignore[index]
-        self._set(node, m, Status.DEAD, m.incarnation, now)  # type: ignore[arg-type]
-        self._enqueue(Update(Status.DEAD, node, m.incarnation, self.me))  # type: ignore[arg-type]
+    def _expire_suspicion(self, key: object, now: float) -> list[Outgoing]:
+        node = str(key)
+        s = self._suspicions.get(node)
+        if s is None or s.deadline > now or self.left:
+            return []  # refuted, or confirmations moved the deadline (a later timer exists)
+        m = self._members[node]
+        if self.cfg.final_ping and not s.checked:
+            # Gossip of a refutation reaches each node only ~retransmit_mult*log N times, so at
+            # a few % loss some node misses it and would declare a live node dead. One direct
+            # ping, carrying our suspicion, makes the node answer with its current 'alive'.
+            s.checked = True
+            s.deadline = now + 2 * self._scaled(self.cfg.probe_timeout)
+            self._timer(s.deadline, "suspect", node)
+            return [self._send(node, Ping(self._next_seq(), node, self._piggyback(node)))]
+        self._set(node, m, Status.DEAD, m.incarnation, now)
+        self._enqueue(Update(Status.DEAD, node, m.incarnation, self.me))
+        return []
 
     # -- dissemination ------------------------------------------------------------------------
 
@@ -714,7 +731,8 @@ class Swim:
         budget = self.cfg.max_packet - 8 - 2 * MAX_ID
         picked: list[Update] = []
         m = self._members.get(dst)
-        if m is not None and m.status != Status.ALIVE and (self.cfg.lifeguard or m.status != Status.SUSPECT):
+        if m is not None and m.status != Status.ALIVE and (
+                self.cfg.lifeguard or self.cfg.final_ping or m.status != Status.SUSPECT):
             u = Update(m.status, dst, m.incarnation, self.me if m.status != Status.LEFT else "")
             picked.append(u)
             budget -= u.size()

@@ -14,6 +14,7 @@ from meshnet.gossip.sim import Sim
 from meshnet.gossip.swim import (
     Ack,
     Gossip,
+    MemberState,
     Nack,
     Ping,
     PingReq,
@@ -167,8 +168,30 @@ def test_suspicion_shrinks_with_confirmations() -> None:
     assert s.deadline == pytest.approx(tmin)
     sw.tick(tmin - 0.01)
     assert sw.state("n1").status == Status.SUSPECT
-    sw.tick(tmin + 0.01)
+    # one last direct ping, carrying the suspicion; silence -> dead
+    pings = [o for o in sw.tick(tmin + 0.01) if o.dst == "n1"]
+    assert pings and pings[-1].msg.updates[0] == Update(Status.SUSPECT, "n1", 0, "me")
+    assert sw.state("n1").status == Status.SUSPECT
+    sw.tick(tmin + 0.32)
     assert sw.state("n1").status == Status.DEAD
+
+
+def test_final_ping_saves_a_node_whose_refutation_was_missed() -> None:
+    """We missed X's refutation (it stopped circulating): X answers our final ping with its
+    current 'alive' instead of ignoring the stale suspicion, so we never declare it dead."""
+    x = Swim("x", SwimConfig(), random.Random(1), incarnation=1)
+    x.add_members(["me"])
+    sw = Swim("me", SwimConfig(), random.Random(0))
+    sw.add_members(["x", "y", "z"])
+    sw.receive(Gossip((Update(Status.SUSPECT, "x", 0, "y"),)), "y", 0.0)
+    deadline = sw._suspicions["x"].deadline
+    pings = [o for o in sw.tick(deadline) if o.dst == "x"]
+    assert pings[-1].msg.updates[0].status == Status.SUSPECT
+    answers = x.receive(pings[-1].msg, "me", deadline + 0.01)
+    for o in answers:
+        sw.receive(o.msg, "x", deadline + 0.02)
+    sw.tick(deadline + 1.0)
+    assert sw.state("x") == MemberState(Status.ALIVE, 1, deadline + 0.02)
 
 
 def test_liveness_compatible_queries() -> None:
@@ -230,9 +253,9 @@ def test_suspected_node_refutes_under_loss() -> None:
 
 
 def slow_node_run(lifeguard: bool, seed: int) -> tuple[int, int]:
-    """A node whose every message is half lost and delayed up to 1 s; (false 'dead', suspicions)
-    about the healthy nodes over 40 s."""
-    sim = Sim(12, SwimConfig(lifeguard=lifeguard), seed=seed)
+    """A node whose every message is half lost and delayed up to 1 s: (false 'dead',
+    suspicions) about the healthy nodes over 40 s. Off = plain SWIM, without the final ping."""
+    sim = Sim(12, SwimConfig(lifeguard=lifeguard, final_ping=lifeguard), seed=seed)
     slow = sim.ids[0]
 
     def link(s: str, d: str, now: float, rng: random.Random) -> float | None:
