@@ -71,11 +71,16 @@ class KernelWireGuard:
                 raise HostError(f"could not create kernel WireGuard link {ifname}: {e}") from e
 
     def read(self, ifname: str) -> tuple[Device, list[PeerStats]]:
-        with WireGuard() as wg:
-            msgs = wg.info(ifname)
+        try:
+            with WireGuard() as wg:
+                msgs = wg.info(ifname)
+        except NetlinkError as e:
+            raise HostError(f"could not read kernel WireGuard link {ifname}: {e}") from e
         private_key, port = "", 0
-        peers: dict[str, Peer] = {}
-        stats: list[PeerStats] = []
+        # A dump longer than one netlink message goes on in the next one (device
+        # attributes only in the first), and a peer with many allowed IPs can be split
+        # across two: the continuation repeats its public key and carries the rest.
+        found: dict[str, dict] = {}
         for msg in msgs:
             key = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
             if key is not None:
@@ -83,16 +88,25 @@ class KernelWireGuard:
             port = msg.get_attr("WGDEVICE_A_LISTEN_PORT") or port
             for p in msg.get_attr("WGDEVICE_A_PEERS") or []:
                 pub = _nla_key(p.get_attr("WGPEER_A_PUBLIC_KEY"))
+                cur = found.setdefault(pub, {"endpoint": None, "allowed": [], "keepalive": 0,
+                                             "hs": 0.0, "rx": 0, "tx": 0})
                 ep = p.get_attr("WGPEER_A_ENDPOINT")
-                endpoint = f"{ep['addr']}:{ep['port']}" if ep and ep.get("port") else None
-                allowed = tuple(sorted(a["addr"] for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or []
-                                       if "addr" in a))
-                keepalive = p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0
+                if ep is not None and ep.get("port"):
+                    cur["endpoint"] = _join_endpoint(ep["addr"], ep["port"])
+                cur["allowed"] += [a["addr"] for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or []
+                                   if "addr" in a]
+                keepalive = p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL")
+                if keepalive is not None:
+                    cur["keepalive"] = keepalive
                 hs = p.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
-                peers[pub] = Peer(pub, endpoint, allowed, keepalive)
-                stats.append(PeerStats(pub, endpoint, float(hs["tv_sec"]) if hs else 0.0,
-                                       p.get_attr("WGPEER_A_RX_BYTES") or 0,
-                                       p.get_attr("WGPEER_A_TX_BYTES") or 0))
+                if hs is not None:  # {"tv_sec", "tv_nsec"}, zero for never
+                    cur["hs"] = float(hs["tv_sec"])
+                cur["rx"] = p.get_attr("WGPEER_A_RX_BYTES") or cur["rx"]
+                cur["tx"] = p.get_attr("WGPEER_A_TX_BYTES") or cur["tx"]
+        peers = {pub: Peer(pub, c["endpoint"], tuple(sorted(set(c["allowed"]))), c["keepalive"])
+                 for pub, c in found.items()}
+        stats = [PeerStats(pub, c["endpoint"], c["hs"], c["rx"], c["tx"])
+                 for pub, c in found.items()]
         return Device(private_key, port, peers), stats
 
     def apply(self, ifname: str, ops: list[Op]) -> None:
@@ -113,8 +127,16 @@ class KernelWireGuard:
 
 
 def _nla_key(attr) -> str:
-    value = attr["value"] if isinstance(attr, dict) or hasattr(attr, "__getitem__") else attr
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A key attribute as pyroute2 decodes it: base64 bytes (what `get_attr` returns), or
+    the nla itself with the base64 under "value"."""
+    if not isinstance(attr, bytes | str):
+        attr = attr["value"]
+    return attr.decode() if isinstance(attr, bytes) else attr
+
+
+def _join_endpoint(addr: str, port: int) -> str:
+    """ "ip:port" as `wg` and the node rows write it: IPv6 in brackets."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def _kernel_peer(p: Peer) -> dict:

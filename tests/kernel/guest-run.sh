@@ -10,6 +10,9 @@ export PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # /src is read-only: keep hypothesis' example database off it.
 export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis
+# The venv has meshnet's dependencies, not meshnet: the checkout is the package,
+# also for the agents the lab tests start (`python -m meshnet agent`, from /).
+export PYTHONPATH=/src
 
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
