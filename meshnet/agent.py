@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import ipaddress
 import logging
 import os
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
+from nacl.public import PrivateKey
 
+from meshnet import doctor as host_checks
 from meshnet import join as handshake
 from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
 from meshnet.discovery import Advertiser, find_members, parse_addr
@@ -31,6 +34,7 @@ from meshnet.hlc import HLC
 from meshnet.host import firewall, lb, links, netns_files
 from meshnet.host import overlay as host_overlay
 from meshnet.host.wireguard import Backend, choose
+from meshnet.keys import WIREGUARD_FILE as WIREGUARD_KEY_FILE
 from meshnet.keys import NodeKeys, b64, load_or_create, unb64, write_secret
 from meshnet.liveness import Liveness
 from meshnet.overlay import Overlay
@@ -74,6 +78,8 @@ class Agent:
         self.supervisor = Supervisor(self)
         self.resolver = Resolver()
         self._lb_applied: dict[str, dict] = {}
+        self._guard_installed = False
+        self.problems: list[tuple[float, str]] = []  # recent host problems, shown by status
         self._mdns_task: asyncio.Task | None = None
         self.events = Events()  # recent events, for the status page
         self.counters: Counter[str] = Counter()  # replication counters, for /metrics
@@ -124,9 +130,88 @@ class Agent:
             self.counters["lag_sum_ms"] += sum(max(0, time.time() * 1000 - (r.version >> 16))
                                                for r, _ in changed)
         self.events.rows_changed(changed, {n.id: n.name for n in self.store.nodes()})
+        for r, _ in changed:
+            if r.kind == "secret" and not r.deleted:
+                self._apply_secret(r)
         if changed:
             self.changed.set()
         return [r for r, _ in changed]
+
+    def _apply_secret(self, row: Row) -> None:
+        """A rotated join secret: from now on only the new token admits anyone."""
+        try:
+            secret = unb64(row.data["secret"], 32)
+        except ValueError:
+            log.warning("ignored a malformed join secret from %s", row.owner)
+            return
+        cluster = self.cluster()
+        if cluster is None:
+            return
+        write_secret(self.cfg.state_dir / SECRET_FILE, (b64(secret) + "\n").encode())
+        self.store.save_cluster(Cluster(id=cluster.id, secret_hash=secret_hash(secret),
+                                        created=cluster.created, settings=cluster.settings))
+        log.warning("the join token was rotated by %s; the old token no longer admits anyone",
+                    row.owner)
+
+    def problem(self, message: str) -> None:
+        """Report a host problem loudly: log, status, page, doctor (kept for 10 minutes)."""
+        log.error("%s", message)
+        now = time.time()
+        self.problems = [(t, m) for t, m in self.problems if now - t < 600] + [(now, message)]
+
+    async def doctor(self) -> list[dict]:
+        me = self.me()
+        checks = await asyncio.to_thread(host_checks.kernel)
+        backend = self.backend.name if self.backend else None
+        checks.append(await asyncio.to_thread(host_checks.backend, backend, self.cfg.interface,
+                                              self.cfg.wireguard_go))
+        if me is not None:
+            checks.append(await asyncio.to_thread(host_checks.rules, self.cfg.interface))
+            checks += await asyncio.to_thread(host_checks.mtu, self.cfg.interface, self.transit_mtu,
+                                              parse_addr(me.endpoint)[0])
+            checks.append(host_checks.skew(await self._clock_offsets()))
+        checks += host_checks.permissions(self.cfg.state_dir, self.cfg.socket_path)
+        now = time.time()
+        checks += [host_checks.Check("recent problem", "fail", f"{now - t:.0f} s ago: {m}")
+                   for t, m in self.problems if now - t < 600]
+        return [c.to_json() for c in checks]
+
+    async def _clock_offsets(self) -> dict[str, float]:
+        """Each peer's clock minus ours, from the time in its ping reply (midpoint of the RTT)."""
+        async def one(n: Node) -> tuple[str, float] | None:
+            t0 = time.time()
+            try:
+                r = await self._http.get(self._peer_url(n, "/peer/v1/ping"), timeout=2.0)
+                theirs = r.json().get("time")
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return None
+            t1 = time.time()
+            return (n.name, theirs - (t0 + t1) / 2) if isinstance(theirs, (int, float)) else None
+
+        results = await asyncio.gather(*(one(n) for n in self.peers()))
+        return dict(r for r in results if r is not None)
+
+    async def rotate_token(self) -> dict:
+        self.require_cluster()
+        await self.write_row("secret", "join", {"secret": b64(os.urandom(32))})
+        return self.token_info()
+
+    async def rotate_keys(self) -> dict:
+        """A new WireGuard key: peers learn the new public key first (the row is pushed
+        and acknowledged), then the device switches, so a transfer sees at most a brief
+        re-handshake, not an outage."""
+        me = self.me()
+        if me is None:
+            raise NotMember("this node is not in a cluster")
+        new = PrivateKey.generate()
+        keys = NodeKeys(self.keys.identity, new)
+        write_secret(self.cfg.state_dir / WIREGUARD_KEY_FILE, (keys.wireguard_private + "\n").encode())
+        old = self.keys.wireguard_pub
+        self.keys = keys
+        await self.write_own(wg_pub=keys.wireguard_pub)
+        await self.reconcile()
+        log.warning("rotated the WireGuard key: %s... -> %s...", old[:8], keys.wireguard_pub[:8])
+        return {"old": old, "new": keys.wireguard_pub}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -161,6 +246,13 @@ class Agent:
             await web.UnixSite(runners[0], str(self.cfg.socket_path)).start()
         finally:
             os.umask(old_umask)
+        if self.cfg.socket_group:  # root and this group only (e.g. `meshnet`)
+            try:
+                gid = grp.getgrnam(self.cfg.socket_group).gr_gid
+            except KeyError:
+                raise MeshnetError(f"no group {self.cfg.socket_group!r} for the API socket") from None
+            os.chown(self.cfg.socket_path, 0, gid)
+            os.chmod(self.cfg.socket_path, 0o660)
         await web.TCPSite(runners[1], self.cfg.listen_host, self.cfg.listen_port,
                           reuse_address=True).start()
         log.info("agent %s (%s) listening on %s and %s:%d", self.name, self.node_id,
@@ -241,7 +333,9 @@ class Agent:
         _, stats = self.backend.read(ifname)
         self.stats = {s.public_key: s for s in stats}
         # Fail closed first: VXLAN may leave only through the tunnel.
-        firewall.ensure_vxlan_guard(ifname, VXLAN_PORT)
+        if firewall.ensure_vxlan_guard(ifname, VXLAN_PORT) and self._guard_installed:
+            self.problem("the nftables VXLAN guard was missing or altered; it has been restored")
+        self._guard_installed = True
         ops = host_overlay.ensure(self.overlay.desired(self.transit_mtu))
         if ops:
             log.info("overlay: %d change(s): %s", len(ops), ", ".join(
@@ -696,6 +790,7 @@ class Agent:
             "backend": self.backend.name if self.backend else None,
             "members": len(transit.active(self.store.nodes())) if cluster else 0,
             "transit_mtu": self.transit_mtu,
+            "problems": [m for t, m in self.problems if time.time() - t < 600],
         }
 
 

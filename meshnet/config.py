@@ -37,6 +37,7 @@ class AgentConfig:
     reconcile_interval: float = 5.0
     mdns: bool = True
     probe_interval: float = 1.0
+    socket_group: str | None = None  # the API socket is root-only unless a group is named
     dns_forward: list[str] = field(default_factory=list)  # default: the host's resolvers
     status_addr: str = f"127.0.0.1:{STATUS_PORT}"  # the status page; "off" for none
     status_token: str | None = None  # required when status_addr is not loopback

@@ -358,7 +358,8 @@ class Overlay:
                 for n in self.live_networks()]
         eps = [plan_overlay.EndpointView(e.id, e.network, e.node, e.ip, e.mac, e.netns,
                                          e.owns_netns, e.ifname) for e in self.live_endpoints()]
-        return plan_overlay.desired(self.agent.node_id, transit_mtu, nodes, nets, eps)
+        return plan_overlay.desired(self.agent.node_id, transit_mtu, nodes, nets, eps,
+                                    self.agent.cfg.interface)
 
 
 def _data(obj) -> dict:

@@ -36,12 +36,15 @@ SCHEMAS: dict[str, dict[str, type]] = {
     # A member removed from the cluster by another (`meshnet node rm`); id: its node id.
     # Cluster-scoped; a tombstone lifts it (the node joined again with the token).
     "revocation": {"name": str, "reason": str},
+    # The join secret after `meshnet token rotate` (id "join"); cluster-scoped. It travels
+    # only through the tunnels and is stored, like the first one, root-only.
+    "secret": {"secret": str},
     # Owned by the node that runs the task (id: service/slot/node).
     "task": {"service": str, "slot": int, "node": str, "state": str, "endpoints": dict,
              "since": int, "error": str, "restarts": int, "spec": int},
 }
 KINDS = tuple(SCHEMAS)
-SHARED_KINDS = frozenset({"network", "service", "revocation"})
+SHARED_KINDS = frozenset({"network", "service", "revocation", "secret"})
 
 
 @dataclass(frozen=True)

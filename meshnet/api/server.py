@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -18,6 +20,7 @@ from aiohttp import web
 from meshnet import join as handshake
 from meshnet.config import NETWORK_POOL, TRANSIT_CIDR
 from meshnet.errors import JoinRefused, MeshnetError, NotFound
+from meshnet.ratelimit import RateLimit
 from meshnet.rows import Row
 
 if TYPE_CHECKING:
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 AGENT = web.AppKey("agent", object)
 log = logging.getLogger(__name__)
+JOIN_READ_TIMEOUT = 5.0  # seconds to receive a join request body
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -75,6 +79,15 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
 
     async def token(_req: web.Request) -> web.Response:
         return web.json_response(agent.token_info())
+
+    async def token_rotate(_req: web.Request) -> web.Response:
+        return web.json_response(await agent.rotate_token())
+
+    async def keys_rotate(_req: web.Request) -> web.Response:
+        return web.json_response(await agent.rotate_keys())
+
+    async def doctor(_req: web.Request) -> web.Response:
+        return web.json_response({"checks": await agent.doctor()})
 
     async def nodes(_req: web.Request) -> web.Response:
         agent.require_cluster()
@@ -200,15 +213,34 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
     local.add_routes([
         web.get("/v1/status", status), web.post("/v1/init", init), web.post("/v1/join", join),
         web.get("/v1/token", token), web.get("/v1/nodes", nodes), web.post("/v1/leave", leave),
+        web.post("/v1/token/rotate", token_rotate), web.post("/v1/keys/rotate", keys_rotate),
+        web.get("/v1/doctor", doctor),
         web.delete("/v1/nodes/{ref}", node_rm), web.post("/v1/nodes/{ref}/labels", node_labels),
     ])
 
+    join_limit = RateLimit()
+
     async def join_request(req: web.Request) -> web.Response:
+        """Open to the underlay: rate limited per source, bounded in size (client_max_size)
+        and in time, and every refusal is logged once with its cause."""
+        source = req.remote or "?"
+        wait = join_limit.allow(source, time.monotonic())
+        if wait:
+            return _error(429, f"too many join attempts from {source}; retry in {wait:.0f} s")
         try:
-            envelope = await req.json()
-            return web.json_response(agent.admit(envelope))
+            body = await asyncio.wait_for(req.read(), JOIN_READ_TIMEOUT)
+            return web.json_response(agent.admit(json.loads(body)))
         except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("join from %s refused: malformed join request", source)
             raise JoinRefused("malformed join request") from None
+        except TimeoutError:
+            return _error(408, "join request body not received in time")
+        except web.HTTPRequestEntityTooLarge:
+            log.warning("join from %s refused: request too large", source)
+            raise
+        except JoinRefused as e:
+            log.warning("join from %s refused: %s", source, e)
+            raise
 
     def member_only(handler):
         async def wrapped(req: web.Request) -> web.Response:
@@ -235,7 +267,7 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
         return web.json_response(agent.answer_sync(digest))
 
     async def ping(_req: web.Request) -> web.Response:
-        return web.json_response({"id": agent.node_id})
+        return web.json_response({"id": agent.node_id, "time": time.time()})
 
     async def logs(req: web.Request) -> web.Response:
         b = await _body(req)

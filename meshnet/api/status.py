@@ -205,6 +205,7 @@ async def overview(agent: Agent, local: web.Application | None = None) -> dict:
         "interface": st["interface"], "backend": st["backend"], "transit_mtu": st["transit_mtu"]},
         "cluster": {"id": st["cluster_id"], "member": st["member"], "size": st["members"]},
         "thresholds": {"fresh_handshake": FRESH},
+        "problems": st.get("problems", []),
         "members": [], "networks": [], "events": agent.events.recent(limit=EVENTS_SHOWN),
         "events_seq": agent.events.last_seq}
     if agent.cluster() is None:

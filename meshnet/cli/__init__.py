@@ -7,7 +7,8 @@ import sys
 import click
 
 from meshnet.cli.agent_cmd import agent
-from meshnet.cli.cluster import init, join, leave, token
+from meshnet.cli.cluster import init, join, keys, leave, token
+from meshnet.cli.doctor import doctor
 from meshnet.cli.endpoint import attach, detach, endpoint, exec_, run
 from meshnet.cli.lab import lab
 from meshnet.cli.network import network
@@ -26,8 +27,8 @@ def cli(ctx: click.Context, socket_path: str) -> None:
     ctx.obj = {"socket": socket_path}
 
 
-for command in (agent, init, join, token, leave, status, node, network, service, run, exec_, attach,
-                detach, endpoint, lab):
+for command in (agent, init, join, token, keys, leave, status, doctor, node, network, service, run,
+                exec_, attach, detach, endpoint, lab):
     cli.add_command(command)
 
 

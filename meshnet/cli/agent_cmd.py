@@ -29,12 +29,14 @@ from meshnet.discovery import parse_addr
 @click.option("--status-token", envvar="MESHNET_STATUS_TOKEN", default=None,
               help="Token the status page asks for; required unless --status-addr is loopback "
                    "(env MESHNET_STATUS_TOKEN).")
+@click.option("--socket-group", default=None, metavar="GROUP",
+              help="Let this group use the API socket too (mode 0660); default: root only.")
 @click.option("--dns-forward", "dns_forward", multiple=True, metavar="IP[:PORT]",
               help="Resolver for names outside the cluster (default: the host's, from /etc/resolv.conf).")
 @click.pass_context
 def agent(ctx: click.Context, state_dir: Path, listen: str, wireguard: str, wireguard_go: str,
           wireguard_port: int, interface: str, name: str | None, no_mdns: bool, status_addr: str,
-          status_token: str | None, dns_forward: tuple[str, ...]) -> None:
+          status_token: str | None, socket_group: str | None, dns_forward: tuple[str, ...]) -> None:
     """Run the meshnet agent in the foreground (as root)."""
     from meshnet.agent import run
     from meshnet.api.status import check_bind, parse_status_addr
@@ -53,4 +55,4 @@ def agent(ctx: click.Context, state_dir: Path, listen: str, wireguard: str, wire
         state_dir=state_dir, socket_path=Path(ctx.obj["socket"]), listen_host=host,
         listen_port=port, wireguard=wireguard, wireguard_go=wireguard_go, interface=interface,
         wireguard_port=wireguard_port, name=name, mdns=not no_mdns, status_addr=status_addr,
-        status_token=status_token or None, dns_forward=list(dns_forward)))
+        status_token=status_token or None, dns_forward=list(dns_forward), socket_group=socket_group))

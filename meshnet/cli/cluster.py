@@ -34,13 +34,35 @@ def join(ctx: click.Context, token: str, advertise_addr: str | None, addrs: tupl
                f"({out['members']} members).")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the token.")
 @click.pass_context
 def token(ctx: click.Context, quiet: bool) -> None:
-    """Print the join token and command again."""
-    out = client(ctx).get("/v1/token")
-    click.echo(out["token"] if quiet else out["join_command"])
+    """Print the join token and command again (`token rotate` makes a new one)."""
+    if ctx.invoked_subcommand is None:
+        out = client(ctx).get("/v1/token")
+        click.echo(out["token"] if quiet else out["join_command"])
+
+
+@token.command("rotate")
+@click.pass_context
+def token_rotate(ctx: click.Context) -> None:
+    """Issue a new join token: the old one stops admitting nodes; members are unaffected."""
+    out = client(ctx).post("/v1/token/rotate")
+    click.echo(f"New join command (the old token no longer works):\n\n    {out['join_command']}\n")
+
+
+@click.group()
+def keys() -> None:
+    """This node's keys."""
+
+
+@keys.command("rotate")
+@click.pass_context
+def keys_rotate(ctx: click.Context) -> None:
+    """Give this node a new WireGuard key, without an outage: peers learn it first."""
+    out = client(ctx).post("/v1/keys/rotate")
+    click.echo(f"WireGuard public key {out['old']} -> {out['new']}")
 
 
 @click.command()

@@ -32,6 +32,8 @@ def render(o: dict, console) -> None:
     if not c["member"]:
         console.print(f"[bold]{me['name']}[/] is not in a cluster: run `meshnet init` or `meshnet join`")
         return
+    for problem in o.get("problems", []):
+        console.print(f"[bold red]PROBLEM[/] {problem}")
     console.print(f"[bold]cluster[/] {c['id']}  [bold]members[/] {c['size']}  [bold]this node[/] "
                   f"{me['name']} {me['transit_ip']}  [bold]WireGuard[/] {me['backend'] or '-'}")
     t = Table(title="Members")

@@ -197,7 +197,8 @@ def read() -> OverlayState:
                 data = _info_data(ln)
                 ok = bare and _vxlan_ok(data)
                 vxlans.add(Vxlan(name, data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LOCAL") or "",
-                                 mtu if ok else 0, master, data.get("IFLA_VXLAN_PORT")))
+                                 mtu if ok else 0, master, data.get("IFLA_VXLAN_PORT"),
+                                 names.get(data.get("IFLA_VXLAN_LINK"), "")))
                 vx_index[idx] = name
             elif name.startswith(VETH_PREFIX) and kind == "veth":
                 veths.append((ln, master, bare))
@@ -334,9 +335,19 @@ def _add_vxlan(ipr: IPRoute, vx: Vxlan) -> None:
         if _kind(link) != "vxlan" or not _vxlan_ok(_info_data(link), vx.vni, vx.local, vx.port):
             _delete(ipr, vx.name)  # vni, local and port are fixed for a device's life
             idx = None
+    lower = {}
+    if vx.dev:
+        lower_idx = _index(ipr, vx.dev)
+        if lower_idx is None:
+            raise HostError(f"cannot add VXLAN {vx.name}: its transit interface {vx.dev} does not exist")
+        lower = {"vxlan_link": lower_idx}
+        if idx is not None and _info_data(ipr.get_links(idx)[0]).get("IFLA_VXLAN_LINK") != lower_idx:
+            _delete(ipr, vx.name)  # bound to another (or no) lower device
+            idx = None
     if idx is None:
         ipr.link("add", ifname=vx.name, kind="vxlan", vxlan_id=vx.vni, vxlan_local=vx.local,
-                 vxlan_port=vx.port, vxlan_learning=0, vxlan_proxy=1, vxlan_udp_csum=1, mtu=vx.mtu)
+                 vxlan_port=vx.port, vxlan_learning=0, vxlan_proxy=1, vxlan_udp_csum=1, mtu=vx.mtu,
+                 **lower)
         idx = _index(ipr, vx.name)
     _bare_up(ipr, idx, vx.mtu, master)
 

@@ -57,6 +57,9 @@ class Vxlan:
     mtu: int
     bridge: str
     port: int = VXLAN_PORT
+    # The transit interface the device is bound to: encapsulated packets can only leave
+    # through it, and deleting it deletes the device (fail closed by construction).
+    dev: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ class EndpointView:
 
 
 def desired(me: str, transit_mtu: int, transit_ips: dict[str, str], networks: Iterable[NetView],
-            endpoints: Iterable[EndpointView]) -> OverlayState:
+            endpoints: Iterable[EndpointView], transit_if: str = "") -> OverlayState:
     """The data plane of node `me`, from live networks, endpoints and node addresses.
 
     `transit_ips` maps each *active* node to its transit address; endpoints of nodes
@@ -165,7 +168,7 @@ def desired(me: str, transit_mtu: int, transit_ips: dict[str, str], networks: It
         net = nets[net_id]
         br, vx = bridge_name(net.vni), vxlan_name(net.vni)
         bridges.add(Bridge(br, mtu))
-        vxlans.add(Vxlan(vx, net.vni, transit_ips[me], mtu, br))
+        vxlans.add(Vxlan(vx, net.vni, transit_ips[me], mtu, br, VXLAN_PORT, transit_if))
         for e in eps:
             if e.network != net_id:
                 continue

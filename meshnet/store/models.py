@@ -136,5 +136,14 @@ class Revocation(Replicated, Base):
     reason: Mapped[str] = mapped_column(String)
 
 
+class Secret(Replicated, Base):
+    __tablename__ = "secrets"
+    KIND = "secret"
+    DATA = tuple(SCHEMAS["secret"])
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    secret: Mapped[str] = mapped_column(String)
+
+
 MODELS: dict[str, type] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock, Service, Task,
-                                               Revocation)}
+                                               Revocation, Secret)}

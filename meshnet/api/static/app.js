@@ -49,7 +49,15 @@ function badge(health) {
   return el("span", { class: `badge ${health}` }, label);
 }
 
+function renderProblems(o) {
+  const box = $("#problems");
+  const problems = o.problems || [];
+  box.hidden = problems.length === 0;
+  box.textContent = problems.map((p) => "⚠ " + p).join("  ·  ");
+}
+
 function renderHeader(o) {
+  renderProblems(o);
   const id = o.cluster.id || "not in a cluster";
   $("#cluster-id").replaceChildren(el("code", { title: id }, o.cluster.id ? id.slice(0, 12) : id));
   $("#cluster-size").textContent = o.cluster.size;
