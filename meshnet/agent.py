@@ -15,13 +15,16 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 from aiohttp import web
+from alembic.util import CommandError as AlembicCommandError
 from nacl.public import PrivateKey
+from sqlalchemy.exc import SQLAlchemyError
 
 from meshnet import doctor as host_checks
 from meshnet import join as handshake
@@ -197,18 +200,19 @@ class Agent:
         return self.token_info()
 
     async def rotate_keys(self) -> dict:
-        """A new WireGuard key: peers learn the new public key first (the row is pushed
-        and acknowledged), then the device switches, so a transfer sees at most a brief
-        re-handshake, not an outage."""
+        """A new WireGuard key without an outage: peers learn the new public key first
+        (the row is pushed through the tunnel, still on the old key, and acknowledged);
+        only then does the device switch, so a transfer sees a brief re-handshake."""
         me = self.me()
         if me is None:
             raise NotMember("this node is not in a cluster")
-        new = PrivateKey.generate()
-        keys = NodeKeys(self.keys.identity, new)
-        write_secret(self.cfg.state_dir / WIREGUARD_KEY_FILE, (keys.wireguard_private + "\n").encode())
+        keys = NodeKeys(self.keys.identity, PrivateKey.generate())
         old = self.keys.wireguard_pub
-        self.keys = keys
-        await self.write_own(wg_pub=keys.wireguard_pub)
+        # The file first: after a crash anywhere below, _come_up republishes the key in it.
+        write_secret(self.cfg.state_dir / WIREGUARD_KEY_FILE, (keys.wireguard_private + "\n").encode())
+        async with self._host_lock:  # no reconcile may switch the device before peers know
+            await self.write_own(wg_pub=keys.wireguard_pub)
+            self.keys = keys
         await self.reconcile()
         log.warning("rotated the WireGuard key: %s... -> %s...", old[:8], keys.wireguard_pub[:8])
         return {"old": old, "new": keys.wireguard_pub}
@@ -216,7 +220,10 @@ class Agent:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.store.upgrade)
+        try:
+            await asyncio.to_thread(self.store.upgrade)
+        except (SQLAlchemyError, AlembicCommandError) as e:  # one line, not a traceback
+            raise _corrupt_store(self.cfg.state_dir / "meshnet.db", e) from None
         self.hlc.observe(self.store.max_version())
         self._http = httpx.AsyncClient(timeout=PEER_TIMEOUT)
         # Not loop.add_signal_handler: it routes signals through a wakeup fd that children
@@ -253,6 +260,8 @@ class Agent:
                 raise MeshnetError(f"no group {self.cfg.socket_group!r} for the API socket") from None
             os.chown(self.cfg.socket_path, 0, gid)
             os.chmod(self.cfg.socket_path, 0o660)
+        else:
+            os.chmod(self.cfg.socket_path, 0o600)
         await web.TCPSite(runners[1], self.cfg.listen_host, self.cfg.listen_port,
                           reuse_address=True).start()
         log.info("agent %s (%s) listening on %s and %s:%d", self.name, self.node_id,
@@ -284,6 +293,10 @@ class Agent:
 
     async def _come_up(self) -> None:
         """Bring this member's tunnel and mDNS announcement up (after init, join or restart)."""
+        me = self.me()
+        if me is not None and me.state == "active" and me.wg_pub != self.keys.wireguard_pub:
+            log.warning("publishing this node's WireGuard key again (a rotation was interrupted)")
+            await self.write_own(wg_pub=self.keys.wireguard_pub)
         await self.reconcile()
         if self.cfg.mdns:
             # Registering probes the LAN for about a second: do not make a join wait for it.
@@ -803,8 +816,29 @@ class _RowNode:
         self.state = row.data.get("state", "")
 
 
+def _corrupt_store(path: Path, e: Exception) -> MeshnetError:
+    why = str(getattr(e, "orig", None) or e).splitlines()[0]
+    return MeshnetError(f"state database {path} is unreadable or corrupt: {why} "
+                        "(move it aside to start without cluster state, then join again)")
+
+
+def _check_store(path: Path) -> None:
+    """Refuse a state database SQLite cannot read before anything else starts (a MeshnetError:
+    the CLI prints it as one line and exits 1)."""
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            result = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error as e:
+        raise _corrupt_store(path, e) from None
+    if result != [("ok",)]:
+        raise _corrupt_store(path, ValueError("; ".join(str(r[0]) for r in result[:3])))
+
+
 def run(cfg: AgentConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_store(Path(cfg.state_dir) / "meshnet.db")
     asyncio.run(Agent(cfg).run())

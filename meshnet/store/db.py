@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -44,6 +45,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Root-only, like the keys: it holds the join secret after a rotation. SQLite gives
+        # the -wal and -shm files the mode of the database file.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         self.url = f"sqlite:///{path}"
         self.engine = create_engine(self.url)
         event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshnet.lab import Lab
+from tests.conftest import wait_for
 from tests.lab.conftest import unique_name
 from tests.lab.helpers import meshnet
 
@@ -76,8 +77,13 @@ def test_overview_and_local_api(lab3: Lab):
 
 
 def test_metrics_parse(lab3: Lab):
-    text = httpx.get(url(lab3, 2, "/metrics"), timeout=5).text
-    families = {f.name: f for f in text_string_to_metric_families(text)}
+    def scrape() -> dict:
+        text = httpx.get(url(lab3, 2, "/metrics"), timeout=5).text
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    # A handshake age exists once each peer has talked to h2 (the probes see to that).
+    families = wait_for("h2 to have handshakes with h1 and h3", lambda: (f := scrape()) and len(
+        f["meshnet_peer_handshake_age_seconds"].samples) == 2 and f)
     members = {s.labels["state"]: s.value for s in families["meshnet_members"].samples}
     assert members["active"] == 3
     ages = [s for s in families["meshnet_peer_handshake_age_seconds"].samples]
