@@ -33,13 +33,13 @@ from meshnet.discovery import Advertiser, find_members, parse_addr
 from meshnet.dns.server import Resolver
 from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotFound, NotMember
 from meshnet.events import Events
+from meshnet.gossip.transport import SwimTransport
 from meshnet.hlc import HLC
 from meshnet.host import firewall, lb, links, netns_files
 from meshnet.host import overlay as host_overlay
 from meshnet.host.wireguard import Backend, choose
 from meshnet.keys import WIREGUARD_FILE as WIREGUARD_KEY_FILE
 from meshnet.keys import NodeKeys, b64, load_or_create, unb64, write_secret
-from meshnet.liveness import Liveness
 from meshnet.overlay import Overlay
 from meshnet.plan import dns as plan_dns
 from meshnet.plan import transit
@@ -61,8 +61,8 @@ PEER_TIMEOUT = 3.0
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.store = Store(cfg.state_dir / "meshnet.db")
-        self.keys: NodeKeys = load_or_create(cfg.state_dir)
+        self.keys: NodeKeys = load_or_create(cfg.state_dir)  # a corrupt key stops us before the store
+        self.store = Store(cfg.state_dir / "meshnet.db")      # file is made
         self.hlc = HLC()
         self.backend: Backend | None = None
         self.nonces = handshake.NonceCache()
@@ -76,7 +76,7 @@ class Agent:
         self._http: httpx.AsyncClient | None = None
         self.transit_mtu: int | None = None
         self.overlay = Overlay(self)
-        self.liveness = Liveness()
+        self.liveness = SwimTransport(self.node_id, cfg.listen_port, cfg.interface, self._member_event)
         self.services = Services(self)
         self.supervisor = Supervisor(self)
         self.resolver = Resolver()
@@ -270,7 +270,7 @@ class Agent:
             await self._come_up()
         self._spawn(self._reconcile_loop())
         self._spawn(self._anti_entropy_loop())
-        self._spawn(self._probe_loop())
+        self._spawn(self.liveness.run())
         if (status_runner := await status_page.start(self, local_app)) is not None:
             runners.append(status_runner)
         await self._stop.wait()
@@ -279,6 +279,7 @@ class Agent:
             t.cancel()
         await self.advertiser.stop()
         await self.resolver.close()  # tasks keep running: a restarted agent adopts them
+        self.liveness.close()
         for r in runners:
             await r.cleanup()
         await self._http.aclose()
@@ -361,6 +362,8 @@ class Agent:
             self.changed.clear()
             try:
                 await self._check_revoked()
+                self.liveness.set_members({n.id: n.transit_ip for n in self.peers()}
+                                          if self.cluster() is not None else {})
                 await self._resolve_transit_clash()
                 if self.cluster() is not None:
                     await self.overlay.tidy()
@@ -419,27 +422,11 @@ class Agent:
         remote = await asyncio.gather(*(one(n) for n in self.peers()))
         return self.supervisor.logs_of(s, tail, mine(self.name)) + [x for xs in remote for x in xs]
 
-    async def _probe_loop(self) -> None:
-        """Probe every member each second; a change in who is alive triggers reconcile."""
-        before: set[str] = set()
-        while True:
-            await asyncio.sleep(self.cfg.probe_interval)
-            peers = self.peers() if self.cluster() is not None else []
-
-            async def probe(n: Node) -> None:
-                try:
-                    r = await self._http.get(self._peer_url(n, "/peer/v1/ping"), timeout=1.0)
-                    if r.status_code == 200:
-                        self.liveness.heard(n.id)
-                except httpx.HTTPError:
-                    pass
-
-            await asyncio.gather(*(probe(n) for n in peers))
-            alive = self.liveness.alive_ids(self.node_id, [n.id for n in peers])
-            if alive != before:
-                log.info("alive members: %d of %d peers", len(alive - {self.node_id}), len(peers))
-                before = alive
-                self.changed.set()
+    def _member_event(self, e) -> None:
+        """SWIM changed its mind about a member: placement, DNS and the page follow."""
+        name = next((n.name for n in self.store.nodes(include_deleted=True) if n.id == e.node), e.node)
+        self.events.add("member-" + str(e.status), f"{name} is {e.status}")
+        self.changed.set()
 
     async def _resolve_transit_clash(self) -> None:
         cluster, me = self.cluster(), self.me()
@@ -682,6 +669,8 @@ class Agent:
         cluster = self.require_cluster()
         await self.supervisor.stop_all()
         await self.write_own(state="left")  # tells every peer to drop us
+        self.liveness.leave()
+        await asyncio.sleep(0.3)  # let the "left" gossip go out before the tunnel goes
         await self._teardown()
         log.info("left cluster %s", cluster.id)
         return {"left": cluster.id}
@@ -770,12 +759,12 @@ class Agent:
             return
         self.stats = {s.public_key: s for s in stats}
 
-    def _health(self, n: Node) -> str:
+    def _health(self, n: Node) -> tuple[str, float | None]:
+        """(alive | suspect | dead | left, wall time of the change) as SWIM sees it."""
         if n.state != "active":
-            return n.state
-        if n.id == self.node_id or self.liveness.alive(n.id):
-            return "alive"
-        return "dead"
+            return n.state, (n.version >> 16) / 1000
+        status, since = self.liveness.status(n.id)
+        return status, None if since is None else time.time() - (time.monotonic() - since)
 
     def node_views(self) -> list[dict]:
         now = time.time()
@@ -787,7 +776,8 @@ class Agent:
                 "id": n.id, "name": n.name, "transit_ip": n.transit_ip, "endpoint": n.endpoint,
                 "control": n.control, "state": n.state, "labels": n.labels, "version": n.version,
                 "self": n.id == self.node_id, "last_handshake": hs or None,
-                "health": self._health(n), "last_seen_age": self.liveness.last_seen_age(n.id),
+                "health": self._health(n)[0], "health_since": self._health(n)[1],
+                "last_seen_age": self.liveness.last_seen_age(n.id),
                 "handshake_age": round(now - hs, 1) if hs else None,
                 "rx_bytes": s.rx_bytes if s else 0, "tx_bytes": s.tx_bytes if s else 0,
             })

@@ -434,7 +434,7 @@ class Swim:
         return m is None or m.status in (Status.ALIVE, Status.SUSPECT)
 
     def alive_ids(self, me: str | None = None, members: Iterable[str] | None = None) -> set[str]:
-        """Same call shape as meshnet.liveness.Liveness.alive_ids (`me` is ignored)."""
+        """The call shape the agent uses (`me` is ignored)."""
         if members is None:
             ids = {n for n, m in self._members.items() if m.status in (Status.ALIVE, Status.SUSPECT)}
             if not self.left:
