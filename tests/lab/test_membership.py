@@ -146,3 +146,23 @@ def test_sigkill_during_writes_keeps_a_consistent_store(lab):
         n["name"] for n in lab.client(1).get("/v1/networks")["networks"]}, timeout=30)
     links = sh(lab, 2, "ip", "-o", "link", "show").stdout
     assert links.count("mnet0") == 1
+
+
+def test_two_clusters_on_one_lan_never_mix():
+    """mDNS answers carry the cluster's hash: each joiner finds members of its own cluster."""
+    lab = Lab(unique_name("mb"))
+    try:
+        lab.up(4)
+        a = lab.client(1).post("/v1/init", {"advertise_addr": lab.ip(1)})
+        b = lab.client(3).post("/v1/init", {"advertise_addr": lab.ip(3)})
+        assert a["cluster_id"] != b["cluster_id"]
+        for k, token in ((2, a["token"]), (4, b["token"])):
+            out = meshnet(lab, k, "join", "--token", token, "--advertise-addr", lab.ip(k))
+            assert out.returncode == 0, out.stderr
+        assert lab.client(2).get("/v1/status")["cluster_id"] == a["cluster_id"]
+        assert lab.client(4).get("/v1/status")["cluster_id"] == b["cluster_id"]
+        assert sorted(transit_ips(lab, 2)) == ["h1", "h2"]
+        assert sorted(transit_ips(lab, 4)) == ["h3", "h4"]
+        assert sorted(transit_ips(lab, 1)) == ["h1", "h2"]
+    finally:
+        lab.down()
