@@ -147,14 +147,16 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
         b = await _body(req)
         if not isinstance(b.get("network"), str):
             raise MeshnetError("an endpoint needs a network")
+        agent.require_cluster()
+        ov.network(b["network"])  # an unknown network is the first thing to say
         netns = b.get("netns")
         if isinstance(b.get("pid"), int):
             netns = f"/proc/{b['pid']}/ns/net"
             if not os.path.exists(netns):
                 raise NotFound(f"no process {b['pid']}")
-        elif isinstance(netns, str) and "/" not in netns:
-            netns = f"/run/netns/{netns}"
-            if not os.path.exists(netns):
+        elif isinstance(netns, str):  # a name (ip netns) or an absolute path that exists
+            netns = netns if "/" in netns else f"/run/netns/{netns}"
+            if not netns.startswith("/") or not os.path.exists(netns):
                 raise NotFound(f"no network namespace {b['netns']!r}")
         return web.json_response(await ov.create_endpoint(b["network"], b.get("name"), b.get("ip"),
                                                           netns))

@@ -32,11 +32,31 @@ for command in (agent, init, join, token, keys, leave, status, doctor, node, net
     cli.add_command(command)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """A usage error as one line, naming the command whose --help explains it."""
+    names, ctx = [], e.ctx
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    where = " ".join(["meshnet", *reversed(names)])
+    return f"meshnet: error: {e.format_message()} (see `{where} --help`)"
+
+
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # standalone_mode=False returns ctx.exit(N)'s code instead of exiting: pass it on
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
+    except _NO_ARGS_IS_HELP as e:  # `meshnet node` alone: the help, exit 2
+        e.show()
+        sys.exit(e.exit_code)
+    except click.UsageError as e:  # bad options or arguments: one line, exit 2
+        click.echo(_usage_line(e), err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -45,3 +65,4 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import grp
 from pathlib import Path
 
 import click
 
 from meshnet import config
 from meshnet.discovery import parse_addr
+from meshnet.errors import MeshnetError
+
+
+def _check_options(name: str | None, interface: str, socket_group: str | None,
+                   dns_forward: tuple[str, ...]) -> None:
+    """Refuse bad options before anything is written (each a one-line usage error)."""
+    from meshnet.dns.server import _parse_forwarder
+    from meshnet.plan.networks import check_name
+
+    if name is not None:
+        try:
+            check_name(name, "node")
+        except MeshnetError as e:
+            raise click.BadParameter(str(e), param_hint="--name") from None
+    if not (0 < len(interface) < 16) or any(c in interface for c in "/: \t\n") or interface in (".", ".."):
+        raise click.BadParameter(f"{interface!r} is not a Linux interface name (1-15 characters, "
+                                 "no '/', ':' or spaces)", param_hint="--interface")
+    if socket_group is not None:
+        try:
+            grp.getgrnam(socket_group)
+        except KeyError:
+            raise click.BadParameter(f"no group {socket_group!r}", param_hint="--socket-group") from None
+    for fw in dns_forward:
+        try:
+            _parse_forwarder(fw)
+        except (OSError, ValueError):
+            raise click.BadParameter(f"{fw!r} is not IP[:PORT]", param_hint="--dns-forward") from None
 
 
 @click.command()
@@ -19,7 +47,8 @@ from meshnet.discovery import parse_addr
               show_default=True, help="Kernel WireGuard via netlink, or wireguard-go.")
 @click.option("--wireguard-go", "wireguard_go", default="wireguard-go", show_default=True,
               help="The wireguard-go binary for the userspace backend.")
-@click.option("--wireguard-port", type=int, default=config.WIREGUARD_PORT, show_default=True)
+@click.option("--wireguard-port", type=click.IntRange(1, 65535), default=config.WIREGUARD_PORT,
+              show_default=True)
 @click.option("--interface", default=config.INTERFACE, show_default=True,
               help="Name of the WireGuard transit interface.")
 @click.option("--name", default=None, help="Node name (default: the hostname).")
@@ -49,6 +78,7 @@ def agent(ctx: click.Context, state_dir: Path, listen: str, wireguard: str, wire
         status = parse_status_addr(status_addr)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--status-addr") from None
+    _check_options(name, interface, socket_group, dns_forward)
     if status is not None:
         check_bind(status[0], status_token)  # a MeshnetError: one line, exit 1
     run(config.AgentConfig(

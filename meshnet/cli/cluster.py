@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import click
 
 from meshnet.cli.common import client
+from meshnet.errors import MeshnetError
 
 
 @click.command()
@@ -15,6 +18,12 @@ from meshnet.cli.common import client
 @click.pass_context
 def init(ctx: click.Context, advertise_addr, transit_cidr, network_pool) -> None:
     """Create a cluster with this host as its first member."""
+    for cidr, what in ((transit_cidr, "transit range"), (network_pool, "network pool")):
+        try:
+            if cidr is not None:
+                ipaddress.ip_network(cidr)
+        except ValueError:  # the agent says the same, but only after "already a member"
+            raise MeshnetError(f"invalid {what} {cidr!r}: expected a CIDR like 10.249.0.0/16") from None
     out = client(ctx).post("/v1/init", {"advertise_addr": advertise_addr,
                                         "transit_cidr": transit_cidr, "network_pool": network_pool})
     click.echo(f"Cluster {out['cluster_id']} created. To add a host, run there:\n\n"

@@ -26,6 +26,15 @@ def emit(data: object, fmt: str, render) -> None:
     click.echo(json.dumps(data, indent=2) if fmt == "json" else render(data))
 
 
+def ref_arg(_ctx: click.Context, param: click.Parameter, value):
+    """Callback for name arguments that address one object in an API path: '', '.' and '..'
+    would address another route (the collection, a parent), so they are a usage error."""
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is not None and v in ("", ".", ".."):
+            raise click.BadParameter(f"{v!r} is not a name", param=param)
+    return value
+
+
 format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
                              default="table", show_default=True, help="Output format.")
 

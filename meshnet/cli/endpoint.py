@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import click
 
-from meshnet.cli.common import client, emit, format_option, table
+from meshnet.cli.common import client, emit, format_option, ref_arg, table
 from meshnet.errors import MeshnetError
 
 
@@ -60,7 +60,7 @@ def run(ctx: click.Context, network: str, name: str | None, ip: str | None, deta
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})
-@click.argument("name")
+@click.argument("name", callback=ref_arg)
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def exec_(ctx: click.Context, name: str, argv: tuple[str, ...]) -> None:
@@ -87,7 +87,7 @@ def attach(ctx: click.Context, network: str, pid: int | None, netns: str | None,
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", callback=ref_arg)
 @click.pass_context
 def detach(ctx: click.Context, name: str) -> None:
     """Disconnect an attached namespace (by endpoint name)."""
@@ -110,7 +110,7 @@ def ls(ctx: click.Context, fmt: str) -> None:
 
 
 @endpoint.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, callback=ref_arg)
 @click.pass_context
 def rm(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Remove endpoints of this host (their namespace goes with them)."""

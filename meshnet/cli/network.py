@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import click
 
-from meshnet.cli.common import client, emit, format_option, table
+from meshnet.cli.common import client, emit, format_option, ref_arg, table
 from meshnet.errors import MeshnetError
 from meshnet.plan.networks import parse_labels
 
@@ -46,7 +46,7 @@ def ls(ctx: click.Context, fmt: str) -> None:
 
 @network.command("inspect")
 @format_option
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, callback=ref_arg)
 @click.pass_context
 def inspect(ctx: click.Context, fmt: str, names: tuple[str, ...]) -> None:
     """Show networks as JSON, shaped like `docker network inspect`."""
@@ -56,7 +56,7 @@ def inspect(ctx: click.Context, fmt: str, names: tuple[str, ...]) -> None:
 
 @network.command("rm")
 @click.option("-f", "--force", is_flag=True, help="Remove even with endpoints attached.")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, callback=ref_arg)
 @click.pass_context
 def rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
     """Remove networks (refused while endpoints are attached, unless --force)."""

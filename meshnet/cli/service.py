@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import click
 
-from meshnet.cli.common import client, emit, format_option, table
+from meshnet.cli.common import client, emit, format_option, ref_arg, table
 from meshnet.errors import MeshnetError
 from meshnet.plan.networks import parse_labels
 
@@ -64,7 +64,7 @@ def ls(ctx, fmt: str) -> None:
 
 @service.command("ps")
 @format_option
-@click.argument("name")
+@click.argument("name", callback=ref_arg)
 @click.pass_context
 def ps(ctx, fmt: str, name: str) -> None:
     """List a service's tasks: node, state, IP, since, last error."""
@@ -74,7 +74,7 @@ def ps(ctx, fmt: str, name: str) -> None:
 
 
 @service.command("inspect")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, callback=ref_arg)
 @click.pass_context
 def inspect(ctx, names: tuple[str, ...]) -> None:
     """Show services as JSON."""
@@ -90,7 +90,7 @@ def scale(ctx, pairs: tuple[str, ...]) -> None:
     c = client(ctx)
     for pair in pairs:
         name, sep, n = pair.partition("=")
-        if not sep or not n.lstrip("-").isdigit():
+        if not sep or name in ("", ".", "..") or not n.lstrip("-").isdigit():
             raise MeshnetError(f"invalid scale {pair!r}: expected NAME=N with N a whole number")
         out = c.patch(_path(name), {"replicas": int(n)})
         click.echo(f"{out['Name']} scaled to {n}")
@@ -99,7 +99,7 @@ def scale(ctx, pairs: tuple[str, ...]) -> None:
 @service.command("update")
 @_spec_options
 @click.option("--command", "command", default=None, help="New command, as one shell-quoted string.")
-@click.argument("name")
+@click.argument("name", callback=ref_arg)
 @click.pass_context
 def update(ctx, replicas, env, restart, constraints, command, name) -> None:
     """Change a service's spec (tasks restart when command or env change)."""
@@ -111,13 +111,16 @@ def update(ctx, replicas, env, restart, constraints, command, name) -> None:
     if constraints:
         body["constraints"] = list(constraints)
     if command is not None:
-        body["command"] = shlex.split(command)
+        try:
+            body["command"] = shlex.split(command)
+        except ValueError as e:  # an unclosed quote
+            raise click.BadParameter(f"{command!r}: {e}", param_hint="--command") from None
     out = client(ctx).patch(_path(name), body)
     click.echo(f"{out['Name']} updated (spec version {out['Spec']['Version']})")
 
 
 @service.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, callback=ref_arg)
 @click.pass_context
 def rm(ctx, names: tuple[str, ...]) -> None:
     """Remove services (their tasks get SIGTERM, then SIGKILL)."""
@@ -128,8 +131,8 @@ def rm(ctx, names: tuple[str, ...]) -> None:
 
 @service.command("logs")
 @click.option("-f", "--follow", is_flag=True)
-@click.option("--tail", type=int, default=None, help="Only the last N lines of each task.")
-@click.argument("name")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines of each task.")
+@click.argument("name", callback=ref_arg)
 @click.pass_context
 def logs(ctx, follow: bool, tail: int | None, name: str) -> None:
     """Show the output of a service's tasks, gathered from every node."""
