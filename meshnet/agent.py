@@ -136,6 +136,8 @@ class Agent:
         for r, _ in changed:
             if r.kind == "secret" and not r.deleted:
                 self._apply_secret(r)
+        if any(r.kind in ("node", "revocation") for r, _ in changed):
+            self._sync_members()
         if changed:
             self.changed.set()
         return [r for r, _ in changed]
@@ -362,8 +364,7 @@ class Agent:
             self.changed.clear()
             try:
                 await self._check_revoked()
-                self.liveness.set_members({n.id: n.transit_ip for n in self.peers()}
-                                          if self.cluster() is not None else {})
+                self._sync_members()
                 await self._resolve_transit_clash()
                 if self.cluster() is not None:
                     await self.overlay.tidy()
@@ -421,6 +422,11 @@ class Agent:
 
         remote = await asyncio.gather(*(one(n) for n in self.peers()))
         return self.supervisor.logs_of(s, tail, mine(self.name)) + [x for xs in remote for x in xs]
+
+    def _sync_members(self) -> None:
+        """SWIM probes exactly the active members (right after a join, not a reconcile later)."""
+        self.liveness.set_members({n.id: n.transit_ip for n in self.peers()}
+                                  if self.cluster() is not None else {})
 
     def _member_event(self, e) -> None:
         """SWIM changed its mind about a member: placement, DNS and the page follow."""

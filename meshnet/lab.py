@@ -211,9 +211,10 @@ class Lab:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
-    def form_cluster(self) -> str:
-        """h1 runs init, every other host joins through it; returns the token."""
-        hosts = self.hosts()
+    def form_cluster(self, members: list[int] | None = None) -> str:
+        """The first host runs init, the others join through it (default: every host);
+        returns the token."""
+        hosts = members or self.hosts()
         out = self.client(hosts[0]).post("/v1/init", {"advertise_addr": self.ip(hosts[0])})
         for k in hosts[1:]:
             self.client(k).post("/v1/join", {"token": out["token"], "addrs": [self.ip(hosts[0])],

@@ -37,6 +37,15 @@ class TaskLike(Protocol):
     endpoints: dict
 
 
+def _local_namespaces(me: str, endpoints: Iterable[EndpointLike]) -> dict[str, set[str]]:
+    """netns path of each namespace on this node -> the networks it is attached to."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for e in endpoints:
+        if e.node == me:
+            out[e.netns].add(e.network)
+    return out
+
+
 def views(me: str, endpoints: Iterable[EndpointLike], services: Iterable[ServiceLike],
           tasks: Iterable[TaskLike], alive: set[str], forwarders: tuple[str, ...],
           subnets: dict[str, str] | None = None) -> dict[str, DnsView]:
@@ -47,10 +56,7 @@ def views(me: str, endpoints: Iterable[EndpointLike], services: Iterable[Service
     """
     endpoints = list(endpoints)
     by_id = {e.id: e for e in endpoints}
-    local_nets: dict[str, set[str]] = defaultdict(set)
-    for e in endpoints:
-        if e.node == me:
-            local_nets[e.netns].add(e.network)
+    local_nets = _local_namespaces(me, endpoints)
     # Per network: name -> addresses, address -> name.
     names: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     ptr: dict[str, dict[str, str]] = defaultdict(dict)
@@ -95,10 +101,7 @@ def vip_backends(me: str, endpoints: Iterable[EndpointLike], services: Iterable[
     """netns path of each local namespace -> {VIP: healthy task addresses} for vip services."""
     endpoints = list(endpoints)
     by_id = {e.id: e for e in endpoints}
-    local_nets: dict[str, set[str]] = defaultdict(set)
-    for e in endpoints:
-        if e.node == me:
-            local_nets[e.netns].add(e.network)
+    local_nets = _local_namespaces(me, endpoints)
     backends: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     tasks = [t for t in tasks if t.state == "running" and t.node in alive]
     for s in services:

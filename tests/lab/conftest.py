@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -44,4 +45,17 @@ def make_lab():
 
     yield make
     for lab in labs:
+        lab.down()
+
+
+@contextlib.contextmanager
+def cluster_lab(prefix: str, hosts: int, members: list[int] | None = None, **up):
+    """A lab whose `members` (default: all hosts) form a cluster; removed afterwards, also
+    on failure. The join token is left on the lab as `.token`."""
+    lab = Lab(unique_name(prefix))
+    try:
+        lab.up(hosts, **up)
+        lab.token = lab.form_cluster(members)
+        yield lab
+    finally:
         lab.down()

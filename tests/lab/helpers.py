@@ -83,3 +83,18 @@ def between_hosts(lines: list[str]) -> list[str]:
     one protocol besides WireGuard that meshnet speaks on the LAN (it carries only the
     cluster's hash, the node id and the join port)."""
     return [ln for ln in lines if ".5353 " not in ln and ".5353:" not in ln and "igmp" not in ln]
+
+
+# A TCP sink: `SINK BIND_IP PORT` prints "ready" once listening, then "<bytes> <sha256>".
+SINK = ("import hashlib,socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+        "s.bind((sys.argv[1],int(sys.argv[2])));s.listen(1);print('ready',flush=True);c,_=s.accept()\n"
+        "h=hashlib.sha256();n=0\n"
+        "while True:\n b=c.recv(1<<16)\n if not b: break\n h.update(b);n+=len(b)\n"
+        "print(n,h.hexdigest(),flush=True)")
+# `SOURCE DST PORT CHUNKS PAUSE` sends CHUNKS x 64 KiB of pseudo-random bytes, pausing PAUSE s
+# between chunks, and prints "<bytes> <sha256>".
+SOURCE = ("import hashlib,random,socket,sys,time;r=random.Random(7);h=hashlib.sha256();n=0\n"
+          "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=30)\n"
+          "for _ in range(int(sys.argv[3])):\n b=r.randbytes(1<<16);c.sendall(b);h.update(b);n+=len(b)\n"
+          " time.sleep(float(sys.argv[4]))\n"
+          "c.close();print(n,h.hexdigest(),flush=True)")

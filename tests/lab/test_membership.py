@@ -13,7 +13,7 @@ import pytest
 from meshnet.errors import MeshnetError
 from meshnet.lab import Lab
 from tests.conftest import wait_for
-from tests.lab.conftest import unique_name
+from tests.lab.conftest import cluster_lab, unique_name
 from tests.lab.helpers import meshnet, sh, transit_ips, wg_peers
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(100000)"]
@@ -21,14 +21,8 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(100000)"]
 
 @pytest.fixture
 def lab():
-    lb = Lab(unique_name("mb"))
-    try:
-        lb.up(3)
-        lb.form_cluster()
+    with cluster_lab("mb", 3) as lb:
         yield lb
-    finally:
-        lb.down()
-
 
 def running(lab: Lab, k: int, service: str) -> list[dict]:
     return [t for t in lab.client(k).get(f"/v1/services/{service}/ps")["tasks"] if t["state"] == "running"]

@@ -9,9 +9,9 @@ from itertools import permutations
 
 import pytest
 
-from meshnet.lab import Lab
 from meshnet.token import JoinToken
 from tests.conftest import wait_for
+from tests.lab.conftest import cluster_lab
 from tests.lab.helpers import (
     MESHNET,
     between_hosts,
@@ -31,20 +31,8 @@ MARK = b"meshnet-plain"  # ping payload pattern (ping takes up to 16 bytes)
 @pytest.fixture(scope="module")
 def lab():
     """Four hosts: h1..h3 form a cluster, h4 stays outside for the join tests."""
-    from tests.lab.conftest import unique_name
-
-    lb = Lab(unique_name("m"))
-    try:
-        lb.up(4)
-        token = lb.client(1).post("/v1/init", {"advertise_addr": lb.ip(1)})["token"]
-        for k in (2, 3):
-            lb.client(k).post("/v1/join", {"token": token, "addrs": [lb.ip(1)],
-                                           "advertise_addr": lb.ip(k)})
-        lb.token = token
+    with cluster_lab("m", 4, members=[1, 2, 3]) as lb:
         yield lb
-    finally:
-        lb.down()
-
 
 def test_three_hosts_see_each_other(lab):
     for k in (1, 2, 3):
@@ -63,7 +51,8 @@ def test_every_pair_pings_over_transit(lab):
 
 
 def test_node_ls_cli_shows_members_and_handshakes(lab):
-    out = meshnet(lab, 1, "node", "ls")
+    out = wait_for("every member alive in node ls", lambda: (o := meshnet(lab, 1, "node", "ls"))
+                   and o.stdout.count(" alive ") == 3 and o)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:4] == ["NAME", "ID", "TRANSIT", "IP"]

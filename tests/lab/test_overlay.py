@@ -11,31 +11,14 @@ import pytest
 
 from meshnet.lab import Lab
 from tests.conftest import wait_for
-from tests.lab.conftest import unique_name
-from tests.lab.helpers import MESHNET, between_hosts, capture, meshnet, read_pcap, sh
-
-# Receives everything on a TCP port and prints "<bytes> <sha256>".
-SINK = ("import hashlib,socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
-        "s.bind(('0.0.0.0',int(sys.argv[1])));s.listen(1);c,_=s.accept();h=hashlib.sha256();n=0\n"
-        "while True:\n b=c.recv(1<<16)\n if not b: break\n h.update(b);n+=len(b)\n"
-        "print(n,h.hexdigest(),flush=True)")
-# Sends N MiB of deterministic pseudo-random bytes and prints "<bytes> <sha256>".
-SOURCE = ("import hashlib,random,socket,sys;r=random.Random(7);h=hashlib.sha256();n=0;"
-          "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=20)\n"
-          "for _ in range(int(sys.argv[3])*16):\n b=r.randbytes(1<<16);c.sendall(b);h.update(b);n+=len(b)\n"
-          "c.close();print(n,h.hexdigest(),flush=True)")
+from tests.lab.conftest import cluster_lab, unique_name
+from tests.lab.helpers import MESHNET, SINK, SOURCE, between_hosts, capture, meshnet, read_pcap, sh
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lb = Lab(unique_name("o"))
-    try:
-        lb.up(3)
-        lb.form_cluster()
+    with cluster_lab("o", 3) as lb:
         yield lb
-    finally:
-        lb.down()
-
 
 def api(lab: Lab, k: int):
     return lab.client(k)
@@ -108,11 +91,10 @@ def test_every_pair_pings_and_moves_bulk_data(lab, appnet):
                  lambda a=a, b=b: ep_ping(lab, a, f"web{a}", appnet[b]["ip"]).returncode == 0)
     for a, b in ((1, 2), (2, 3), (3, 1)):
         sink = subprocess.Popen([*lab.enter(b), *MESHNET, "exec", f"web{b}", "--", "python3", "-c",
-                                 SINK, "5001"], stdout=subprocess.PIPE, text=True)
+                                 SINK, "0.0.0.0", "5001"], stdout=subprocess.PIPE, text=True)
         try:
-            wait_for(f"web{b} to listen", lambda b=b: "5001" in sh(lab, b, "sh", "-c",
-                     f"ip netns exec mne-{appnet[b]['id'][:12]} ss -ltn").stdout)
-            sent = ep_exec(lab, a, f"web{a}", "python3", "-c", SOURCE, appnet[b]["ip"], "5001", "16")
+            assert sink.stdout.readline().strip() == "ready"
+            sent = ep_exec(lab, a, f"web{a}", "python3", "-c", SOURCE, appnet[b]["ip"], "5001", "256", "0")
             assert sent.returncode == 0, sent.stderr
             got, _ = sink.communicate(timeout=60)
         finally:

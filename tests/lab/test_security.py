@@ -15,33 +15,25 @@ from meshnet.keys import NodeKeys, unb64
 from meshnet.lab import Lab
 from meshnet.rows import Row
 from tests.conftest import wait_for
-from tests.lab.conftest import unique_name
-from tests.lab.helpers import between_hosts, capture, meshnet, ping, read_pcap, sh, transit_ips, wg_peers
-
-SINK = ("import hashlib,socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
-        "s.bind((sys.argv[1],5001));s.listen(1);print('ready',flush=True);c,_=s.accept();h=hashlib.sha256();n=0\n"
-        "while True:\n b=c.recv(1<<16)\n if not b: break\n h.update(b);n+=len(b)\n"
-        "print(n,h.hexdigest(),flush=True)")
-# Sends for about 8 s (paced), so a key rotation happens in the middle of the transfer.
-SOURCE = ("import hashlib,random,socket,sys,time;r=random.Random(3);h=hashlib.sha256();n=0;"
-          "c=socket.create_connection((sys.argv[1],5001),timeout=30)\n"
-          "for i in range(160):\n b=r.randbytes(1<<16);c.sendall(b);h.update(b);n+=len(b);time.sleep(0.05)\n"
-          "c.close();print(n,h.hexdigest(),flush=True)")
+from tests.lab.conftest import cluster_lab
+from tests.lab.helpers import (
+    SINK,
+    SOURCE,
+    between_hosts,
+    capture,
+    meshnet,
+    ping,
+    read_pcap,
+    sh,
+    transit_ips,
+    wg_peers,
+)
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lb = Lab(unique_name("sec"))
-    try:
-        lb.up(4)
-        token = lb.client(1).post("/v1/init", {"advertise_addr": lb.ip(1)})["token"]
-        for k in (2, 3):
-            lb.client(k).post("/v1/join", {"token": token, "addrs": [lb.ip(1)], "advertise_addr": lb.ip(k)})
-        lb.token = token
+    with cluster_lab("sec", 4, members=[1, 2, 3]) as lb:
         yield lb
-    finally:
-        lb.down()
-
 
 def post_join(lab: Lab, k: int, target: int, body: str) -> tuple[int, str]:
     code = ("import sys,httpx;r=httpx.post(sys.argv[1],content=sys.stdin.buffer.read(),timeout=5);"
@@ -53,11 +45,14 @@ def post_join(lab: Lab, k: int, target: int, body: str) -> tuple[int, str]:
 
 
 def test_join_attempts_are_rate_limited_per_source(lab):
-    codes = [post_join(lab, 4, 2, "{}")[0] for _ in range(14)]
-    assert codes[:10] == [403] * 10  # malformed: refused, counted
-    assert 429 in codes[10:]
-    status, text = post_join(lab, 4, 2, "{}")
-    assert status == 429 and "too many join attempts" in text
+    code = ("import httpx,sys\n"
+            "with httpx.Client(timeout=5) as c:\n"
+            " for _ in range(int(sys.argv[2])):\n"
+            "  r=c.post(sys.argv[1],content=b'{}');print(r.status_code,r.text.replace(chr(10),' '))")
+    out = sh(lab, 4, sys.executable, "-c", code, f"http://{lab.ip(2)}:7946/join/v1", "20")
+    codes = [int(line.split()[0]) for line in out.stdout.splitlines()]
+    assert codes[:10] == [403] * 10  # malformed: refused, and counted
+    assert codes[-1] == 429 and "too many join attempts" in out.stdout.splitlines()[-1]
     assert post_join(lab, 1, 2, "{}")[0] == 403  # another source is not limited
 
 
@@ -84,12 +79,13 @@ def test_token_rotate_stops_the_old_token_only(lab):
 def test_keys_rotate_keeps_a_running_transfer(lab):
     ips = transit_ips(lab, 1)
     old_key = sh(lab, 2, "wg", "show", "mnet0", "public-key").stdout.strip()
-    sink = subprocess.Popen([*lab.enter(1), sys.executable, "-c", SINK, ips["h1"]], stdout=subprocess.PIPE,
-                            text=True)
+    sink = subprocess.Popen([*lab.enter(1), sys.executable, "-c", SINK, ips["h1"], "5001"],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert sink.stdout.readline().strip() == "ready"
-        source = subprocess.Popen([*lab.enter(2), sys.executable, "-c", SOURCE, ips["h1"]],
-                                  stdout=subprocess.PIPE, text=True)
+        # About 8 s of paced sending, so the rotation lands in the middle of the transfer.
+        source = subprocess.Popen([*lab.enter(2), sys.executable, "-c", SOURCE, ips["h1"], "5001", "160",
+                                   "0.05"], stdout=subprocess.PIPE, text=True)
         wait_for("the transfer to be under way", lambda: int(sh(lab, 2, "sh", "-c",
                  "wg show mnet0 transfer | awk '{s+=$3} END {print s+0}'").stdout.strip() or 0) > 2 << 20)
         out = meshnet(lab, 2, "keys", "rotate")

@@ -13,7 +13,7 @@ import pytest
 
 from meshnet.lab import Lab
 from tests.conftest import wait_for
-from tests.lab.conftest import unique_name
+from tests.lab.conftest import cluster_lab
 from tests.lab.helpers import meshnet
 
 # An HTTP server that answers with the name of the task serving it.
@@ -67,19 +67,13 @@ def where(lab: Lab, k: int, task: str) -> int:
 
 @pytest.fixture(scope="module")
 def lab():
-    lb = Lab(unique_name("s"))
-    try:
-        lb.up(3, agent_args=["--dns-forward", FORWARDER])
-        lb.form_cluster()
+    with cluster_lab("s", 3, agent_args=["--dns-forward", FORWARDER]) as lb:
         upstream = subprocess.Popen([*lb.enter(1), sys.executable, "-c", UPSTREAM])
         try:
             yield lb
         finally:
             upstream.kill()
             upstream.wait()
-    finally:
-        lb.down()
-
 
 @pytest.fixture(scope="module")
 def workflow(lab):

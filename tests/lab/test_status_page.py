@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshnet.lab import Lab
 from tests.conftest import wait_for
-from tests.lab.conftest import unique_name
+from tests.lab.conftest import cluster_lab, unique_name
 from tests.lab.helpers import meshnet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,14 +37,8 @@ def _until(what: str, ok, timeout: float = 20.0, every: float = 0.25):
 
 @pytest.fixture(scope="module")
 def lab3():
-    lab = Lab(unique_name("st"))
-    try:
-        lab.up(3, status_port_base=0)
-        lab.form_cluster()
+    with cluster_lab("st", 3, status_port_base=0) as lab:
         yield lab
-    finally:
-        lab.down()
-
 
 def url(lab: Lab, k: int, path: str = "/") -> str:
     port = lab.status_ports()[k]
