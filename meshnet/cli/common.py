@@ -37,6 +37,9 @@ def ref_arg(_ctx: click.Context, param: click.Parameter, value):
 
 format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
                              default="table", show_default=True, help="Output format.")
+# `inspect` prints JSON unless asked for a table, like `docker ... inspect`.
+inspect_format_option = click.option("--format", "fmt", type=click.Choice(["json", "table"]),
+                                     default="json", show_default=True, help="Output format.")
 
 
 def age(seconds: float | None) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from urllib.parse import quote
 
 import click
 
-from meshnet.cli.common import client, emit, format_option, ref_arg, table
+from meshnet.cli.common import client, emit, format_option, inspect_format_option, ref_arg, table
 from meshnet.errors import MeshnetError
 from meshnet.plan.networks import parse_labels
 
@@ -45,13 +44,17 @@ def ls(ctx: click.Context, fmt: str) -> None:
 
 
 @network.command("inspect")
-@format_option
+@inspect_format_option
 @click.argument("names", nargs=-1, required=True, callback=ref_arg)
 @click.pass_context
 def inspect(ctx: click.Context, fmt: str, names: tuple[str, ...]) -> None:
-    """Show networks as JSON, shaped like `docker network inspect`."""
+    """Show networks as JSON shaped like `docker network inspect` (the default), or a table."""
     c = client(ctx)
-    click.echo(json.dumps([c.get(f"/v1/networks/{quote(n, safe='')}") for n in names], indent=2))
+    nets = [c.get(f"/v1/networks/{quote(n, safe='')}") for n in names]
+    emit(nets, fmt, lambda ns: table(["NAME", "ID", "SUBNET", "VNI", "ENDPOINTS", "PEERS"], [
+        [n["Name"], n["Id"][:12], n["IPAM"]["Config"][0]["Subnet"],
+         n["Options"]["com.docker.network.driver.overlay.vxlanid_list"], len(n["Containers"]),
+         ",".join(p["Name"] for p in n["Peers"])] for n in ns]))
 
 
 @network.command("rm")

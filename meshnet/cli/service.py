@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import click
 
-from meshnet.cli.common import client, emit, format_option, ref_arg, table
+from meshnet.cli.common import client, emit, format_option, inspect_format_option, ref_arg, table
 from meshnet.errors import MeshnetError
 from meshnet.plan.networks import parse_labels
 
@@ -74,12 +74,19 @@ def ps(ctx, fmt: str, name: str) -> None:
 
 
 @service.command("inspect")
+@inspect_format_option
 @click.argument("names", nargs=-1, required=True, callback=ref_arg)
 @click.pass_context
-def inspect(ctx, names: tuple[str, ...]) -> None:
-    """Show services as JSON."""
+def inspect(ctx, fmt: str, names: tuple[str, ...]) -> None:
+    """Show services: JSON (`--format json`) or a short table."""
     c = client(ctx)
-    click.echo(json.dumps([c.get(_path(n)) for n in names], indent=2))
+    svcs = [c.get(_path(n)) for n in names]
+    emit(svcs, fmt, lambda ss: table(["NAME", "REPLICAS", "RUNNING", "MODE", "VIPS", "PLACEMENT"], [
+        [s["Name"], s["Spec"]["Mode"]["Replicated"]["Replicas"], s["Running"],
+         s["Spec"]["EndpointSpec"]["Mode"],
+         ",".join(f"{v['Network']}={v['Addr']}" for v in s["Endpoint"]["VirtualIPs"]) or "-",
+         " ".join(f"{k}:{v}" for k, v in sorted(s["Placement"].items(), key=lambda kv: int(kv[0])))]
+        for s in ss]))
 
 
 @service.command("scale")
