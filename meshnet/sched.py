@@ -1,9 +1,12 @@
 """Leaderless placement (pure): every node computes the same slots -> node map.
 
-Slots are placed one after another on the node that has the fewest slots of this
-service so far, ties broken by a rendezvous hash of (service, slot, node). So:
-- replicas spread evenly (counts differ by at most one) over the eligible nodes;
-- slot k's node depends only on slots 1..k, so scaling up or down never moves a slot;
+First a *home* for every slot over all eligible members, dead or alive: slots are placed
+one after another on the member with the fewest slots of this service so far, ties
+broken by a rendezvous hash of (service, slot, node). Then the slots whose home is not
+alive go, one by one, to the live member with the fewest slots. So:
+- replicas spread evenly (counts differ by at most one) over the eligible members;
+- slot k's home depends only on slots 1..k, so scaling up or down never moves a slot;
+- a death moves only the dead node's slots, and they go home when it comes back;
 - every node with the same view of live members gets the same answer, with no leader.
 """
 
@@ -52,17 +55,30 @@ def _score(service: str, slot: int, node: str) -> bytes:
     return hashlib.blake2b(f"{service}/{slot}/{node}".encode(), digest_size=8).digest()
 
 
-def place(service: str, replicas: int, constraints: Iterable[str],
-          nodes: Iterable[Candidate]) -> dict[int, str]:
-    """slot (1..replicas) -> node id; slots with no eligible node are left out."""
-    constraints = list(constraints)
-    pool = sorted({n for n in nodes if eligible(n, constraints)}, key=lambda n: n.id)
-    if not pool:
-        return {}
-    counts = {n.id: 0 for n in pool}
-    out: dict[int, str] = {}
-    for slot in range(1, replicas + 1):
+def _spread(service: str, slots: Iterable[int], pool: list[Candidate], counts: dict[str, int],
+            out: dict[int, str]) -> None:
+    for slot in slots:
         best = min(pool, key=lambda n: (counts[n.id], _score(service, slot, n.id)))
         counts[best.id] += 1
         out[slot] = best.id
-    return out
+
+
+def place(service: str, replicas: int, constraints: Iterable[str], nodes: Iterable[Candidate],
+          alive: set[str] | None = None) -> dict[int, str]:
+    """slot (1..replicas) -> node id. `nodes` are the members (dead ones included, so a
+    death does not reshuffle the living); `alive` defaults to all of them. Slots with no
+    eligible live node are left out."""
+    constraints = list(constraints)
+    pool = sorted({n for n in nodes if eligible(n, constraints)}, key=lambda n: n.id)
+    alive = {n.id for n in pool} if alive is None else alive
+    living = [n for n in pool if n.id in alive]
+    if not living:
+        return {}
+    home: dict[int, str] = {}
+    _spread(service, range(1, replicas + 1), pool, {n.id: 0 for n in pool}, home)
+    out = {slot: node for slot, node in home.items() if node in alive}
+    counts = {n.id: 0 for n in living}
+    for node in out.values():
+        counts[node] += 1
+    _spread(service, [s for s in home if s not in out], living, counts, out)
+    return dict(sorted(out.items()))

@@ -57,10 +57,8 @@ class Services:
         return self.agent.liveness.alive_ids(self.agent.node_id, members)
 
     def placement(self, s: Service) -> dict[int, str]:
-        alive = self.alive_nodes()
-        cands = [sched.Candidate(n.id, n.name, n.labels) for n in active(self.store.nodes())
-                 if n.id in alive]
-        return sched.place(s.id, s.replicas, s.constraints, cands)
+        cands = [sched.Candidate(n.id, n.name, n.labels) for n in active(self.store.nodes())]
+        return sched.place(s.id, s.replicas, s.constraints, cands, self.alive_nodes())
 
     def tasks(self, s: Service | None = None) -> list[Task]:
         return [t for t in self.store.objects(Task) if s is None or t.service == s.id]
