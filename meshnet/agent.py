@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
-from alembic.util import CommandError as AlembicCommandError
 from nacl.public import PrivateKey
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,6 +36,7 @@ from meshnet.gossip.transport import SwimTransport
 from meshnet.hlc import HLC
 from meshnet.host import firewall, lb, links, netns_files
 from meshnet.host import overlay as host_overlay
+from meshnet.host.ipsec import IpsecTransit
 from meshnet.host.wireguard import Backend, choose
 from meshnet.keys import WIREGUARD_FILE as WIREGUARD_KEY_FILE
 from meshnet.keys import NodeKeys, b64, load_or_create, unb64, write_secret
@@ -224,7 +224,11 @@ class Agent:
     async def run(self) -> None:
         try:
             await asyncio.to_thread(self.store.upgrade)
-        except (SQLAlchemyError, AlembicCommandError) as e:  # one line, not a traceback
+        except Exception as e:  # a store we cannot upgrade: one line, not a traceback
+            from alembic.util import CommandError  # imported only when a migration ran
+
+            if not isinstance(e, SQLAlchemyError | CommandError):
+                raise
             raise _corrupt_store(self.cfg.state_dir / "meshnet.db", e) from None
         self.hlc.observe(self.store.max_version())
         self._http = httpx.AsyncClient(timeout=PEER_TIMEOUT)
@@ -326,6 +330,9 @@ class Agent:
         cluster, me = self.cluster(), self.me()
         if cluster is None or me is None or me.state != "active":
             return
+        if self.backend is None and cluster.settings.get("encryption") == "ipsec":
+            self.backend = IpsecTransit(parse_addr(me.endpoint)[0], me.transit_ip)  # docs/ipsec.md
+            log.info("WireGuard backend: %s", self.backend.name)
         if self.backend is None:
             self.backend = choose(self.cfg.wireguard, self.cfg.wireguard_go, self.cfg.interface,
                                   self.cfg.state_dir / "wireguard-go.log")
@@ -543,9 +550,12 @@ class Agent:
         await asyncio.to_thread(links.underlay_for, ip)  # must be one of ours
         return ip
 
-    async def init(self, advertise: str | None, transit_cidr: str, network_pool: str) -> dict:
+    async def init(self, advertise: str | None, transit_cidr: str, network_pool: str,
+                   encryption: str = "wireguard") -> dict:
         if self.cluster() is not None:
             raise Conflict(f"already a member of cluster {self.cluster().id}; run `meshnet leave` first")
+        if encryption not in ("wireguard", "ipsec"):
+            raise MeshnetError(f"unknown encryption {encryption!r}: wireguard or ipsec")
         routes = await asyncio.to_thread(links.routed_networks)
         for cidr, what, flag in ((transit_cidr, "transit range", "--transit-cidr"),
                                  (network_pool, "network pool", "--network-pool")):
@@ -562,7 +572,8 @@ class Agent:
         write_secret(self.cfg.state_dir / SECRET_FILE, (b64(token.secret) + "\n").encode())
         self.store.save_cluster(Cluster(
             id=token.cluster_hex, secret_hash=secret_hash(token.secret), created=time.time(),
-            settings={"transit_cidr": transit_cidr, "network_pool": network_pool}))
+            settings={"transit_cidr": transit_cidr, "network_pool": network_pool,
+                      "encryption": encryption}))
         first = transit.allocate(transit_cidr, [])
         self.merge([self._own_row(**self._node_data(ip, first))], "self")
         await self._come_up()
@@ -689,6 +700,9 @@ class Agent:
         for key in list(self.resolver.keys()):
             await self.resolver.remove(key)
         async with self._host_lock:
+            cluster = self.cluster()
+            if self.backend is None and cluster and cluster.settings.get("encryption") == "ipsec":
+                self.backend = IpsecTransit("0.0.0.0", "0.0.0.0")  # delete() needs no addresses
             backend = self.backend or choose(self.cfg.wireguard, self.cfg.wireguard_go,
                                              self.cfg.interface)
             try:

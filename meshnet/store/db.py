@@ -8,9 +8,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, select, text
 from sqlalchemy.orm import sessionmaker
 
 from meshnet.rows import SHARED_KINDS, Outcome, Row, check_signature, newer
@@ -26,7 +24,15 @@ def migrations_dir() -> Path:
     raise RuntimeError("meshnet migrations not found")
 
 
-def alembic_config(url: str) -> Config:
+def head_revision() -> str:
+    """The newest migration, from the file names (`NNNN_what.py`), without loading alembic."""
+    names = [p.name.split("_", 1)[0] for p in (migrations_dir() / "versions").glob("[0-9]*_*.py")]
+    return max(names)
+
+
+def alembic_config(url: str):
+    from alembic.config import Config  # alembic is heavy; most starts never need it
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url)
@@ -55,6 +61,17 @@ class Store:
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def upgrade(self) -> None:
+        """Bring the schema to the newest migration; a store already there is left alone
+        without importing alembic (a second or more on a slow machine)."""
+        try:
+            with self.engine.connect() as conn:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception:  # no table yet: a new store
+            current = None
+        if current == head_revision():
+            return
+        from alembic import command
+
         command.upgrade(alembic_config(self.url), "head")
 
     def close(self) -> None:

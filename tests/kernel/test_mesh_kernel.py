@@ -82,7 +82,7 @@ class GuestLab(Lab):
     """Under TCG an agent needs ~15 s just to import (2 CPUs for 3 agents): give
     `up` more than meshnet.lab's 30 s per agent."""
 
-    def wait_agent(self, k: int, timeout: float = 150) -> None:
+    def wait_agent(self, k: int, timeout: float = 300) -> None:
         super().wait_agent(k, timeout=timeout)
 
 
