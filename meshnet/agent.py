@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from meshnet import doctor as host_checks
 from meshnet import join as handshake
 from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
-from meshnet.discovery import Advertiser, find_members, parse_addr
+from meshnet.discovery import Advertiser, browse, find_members, parse_addr
 from meshnet.dns.server import Resolver
 from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotFound, NotMember
 from meshnet.events import Events
@@ -55,6 +55,7 @@ from meshnet.token import JoinToken, cluster_tag, secret_hash
 log = logging.getLogger("meshnet.agent")
 
 SECRET_FILE = "cluster.secret"
+REDISCOVER_INTERVAL = 5.0  # seconds between mDNS looks for unreachable members
 PEER_TIMEOUT = 3.0
 
 
@@ -84,6 +85,7 @@ class Agent:
         self._guard_installed = False
         self.problems: list[tuple[float, str]] = []  # recent host problems, shown by status
         self._mdns_task: asyncio.Task | None = None
+        self.found_endpoints: dict[str, str] = {}  # node id -> underlay endpoint heard by mDNS
         self.events = Events()  # recent events, for the status page
         self.counters: Counter[str] = Counter()  # replication counters, for /metrics
         self.reach: dict[str, dict] = {}  # peer id -> status page probe (api/status.py)
@@ -277,6 +279,7 @@ class Agent:
         self._spawn(self._reconcile_loop())
         self._spawn(self._anti_entropy_loop())
         self._spawn(self.liveness.run())
+        self._spawn(self._rediscover_loop())
         if (status_runner := await status_page.start(self, local_app)) is not None:
             runners.append(status_runner)
         await self._stop.wait()
@@ -304,10 +307,61 @@ class Agent:
         if me is not None and me.state == "active" and me.wg_pub != self.keys.wireguard_pub:
             log.warning("publishing this node's WireGuard key again (a rotation was interrupted)")
             await self.write_own(wg_pub=self.keys.wireguard_pub)
+        await self._follow_own_address()
         await self.reconcile()
         if self.cfg.mdns:
             # Registering probes the LAN for about a second: do not make a join wait for it.
             self._mdns_task = self._spawn(self._advertise_mdns())
+
+    async def _follow_own_address(self) -> None:
+        """This host's address changed while the agent was down (a new DHCP lease): take
+        the one the host has now and publish it, so peers (and mDNS) find us there."""
+        me = self.me()
+        if me is None or me.state != "active":
+            return
+        ip, port = parse_addr(me.endpoint)
+        try:
+            await asyncio.to_thread(links.underlay_for, ip)
+            return
+        except HostError:
+            pass
+        new = await asyncio.to_thread(links.default_address)
+        if new is None:
+            log.error("this host no longer has %s and no other address to advertise", ip)
+            return
+        log.warning("this host's address changed from %s to %s; publishing the new one", ip, new)
+        await self.write_own(endpoint=f"{new}:{port}", control=f"{new}:{parse_addr(me.control)[1]}")
+
+    async def _rediscover_loop(self) -> None:
+        """Members we cannot reach may have moved (every stored address changed, say):
+        look for them on the LAN by mDNS, by node id, and point their peer there. WireGuard
+        roaming then tells the other side where we are."""
+        while True:
+            await asyncio.sleep(REDISCOVER_INTERVAL)
+            cluster, me = self.cluster(), self.me()
+            if cluster is None or me is None or not self.cfg.mdns:
+                continue
+            peers = {n.id: n for n in self.peers()}
+            for node_id, ep in list(self.found_endpoints.items()):
+                if node_id not in peers or peers[node_id].endpoint == ep:
+                    del self.found_endpoints[node_id]  # gone, or its row caught up
+            lost = [n for n in peers.values() if not self.liveness.alive(n.id)]
+            if not lost:
+                continue
+            try:
+                heard = await browse(cluster_tag(bytes.fromhex(cluster.id)), parse_addr(me.endpoint)[0], 3.0)
+            except Exception as e:  # mDNS is a convenience; never let it stop the loop
+                log.debug("mDNS browse failed: %s", e)
+                continue
+            for node_id, ip, _port in heard:
+                n = peers.get(node_id)
+                if n is None or self.liveness.alive(node_id):
+                    continue
+                ep = f"{ip}:{parse_addr(n.endpoint)[1]}"
+                if ep != n.endpoint and self.found_endpoints.get(node_id) != ep:
+                    log.warning("found %s again at %s by mDNS (stored: %s)", n.name, ip, n.endpoint)
+                    self.found_endpoints[node_id] = ep
+                    self.changed.set()
 
     async def _advertise_mdns(self) -> None:
         me, cluster = self.me(), self.cluster()
@@ -342,7 +396,7 @@ class Agent:
             self.backend.create(ifname)
         current, _ = self.backend.read(ifname)
         want = desired(self.node_id, self.keys.wireguard_private, self.cfg.wireguard_port,
-                       self.store.nodes())
+                       self.store.nodes(), self.found_endpoints)
         ops = diff(current, want)
         if ops:
             log.info("WireGuard %s: %d change(s): %s", ifname, len(ops),

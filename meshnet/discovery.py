@@ -73,9 +73,16 @@ class Advertiser:
 
 
 async def find_members(tag: str, ip: str | None, timeout: float = 6.0) -> list[tuple[str, int]]:
-    """Members of the cluster with this tag that answer on the LAN within `timeout` s."""
+    """Members of the cluster with this tag: the first that answers within `timeout` s."""
+    return [(a, port) for _, a, port in await browse(tag, ip, timeout, first=True)]
+
+
+async def browse(tag: str, ip: str | None, timeout: float,
+                 first: bool = False) -> list[tuple[str, str, int]]:
+    """(node id, address, port) of the members with this tag heard within `timeout` s
+    (or as soon as one is heard, with `first`)."""
     zc = AsyncZeroconf(interfaces=[ip] if ip else None)
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, str, int]] = []
     names: asyncio.Queue[str] = asyncio.Queue()
 
     def on_change(zeroconf, service_type, name, state_change) -> None:
@@ -86,7 +93,7 @@ async def find_members(tag: str, ip: str | None, timeout: float = 6.0) -> list[t
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
-        while not found and loop.time() < deadline:
+        while not (first and found) and loop.time() < deadline:
             try:
                 name = await asyncio.wait_for(names.get(), deadline - loop.time())
             except TimeoutError:
@@ -97,7 +104,7 @@ async def find_members(tag: str, ip: str | None, timeout: float = 6.0) -> list[t
             props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
             if props.get("c") != tag:
                 continue
-            found += [(a, info.port) for a in info.parsed_addresses() if ":" not in a]
+            found += [(props.get("id", ""), a, info.port) for a in info.parsed_addresses() if ":" not in a]
     finally:
         await browser.async_cancel()
         await zc.async_close()

@@ -64,14 +64,18 @@ class PeerNode(NodeLike):
     endpoint: str
 
 
-def desired(me_id: str, private_key: str, listen_port: int, nodes: Iterable[PeerNode]) -> Device:
-    """A peer for every other active member, allowed only its own transit address."""
+def desired(me_id: str, private_key: str, listen_port: int, nodes: Iterable[PeerNode],
+            endpoints: dict[str, str] | None = None) -> Device:
+    """A peer for every other active member, allowed only its own transit address.
+    `endpoints` overrides a member's stored underlay endpoint (found again by mDNS after
+    its address changed)."""
     peers = {}
+    endpoints = endpoints or {}
     for n in active(nodes):
         if n.id == me_id:
             continue
         host = ipaddress.ip_address(n.transit_ip)
-        peers[n.wg_pub] = Peer(n.wg_pub, n.endpoint, (f"{host}/{host.max_prefixlen}",))
+        peers[n.wg_pub] = Peer(n.wg_pub, endpoints.get(n.id, n.endpoint), (f"{host}/{host.max_prefixlen}",))
     return Device(private_key, listen_port, peers)
 
 

@@ -14,7 +14,7 @@ from meshnet.errors import MeshnetError
 from meshnet.lab import Lab
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab, unique_name
-from tests.lab.helpers import meshnet, sh, transit_ips, wg_peers
+from tests.lab.helpers import meshnet, ping, sh, transit_ips, wg_peers
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(100000)"]
 
@@ -160,3 +160,24 @@ def test_two_clusters_on_one_lan_never_mix():
         assert sorted(transit_ips(lab, 1)) == ["h1", "h2"]
     finally:
         lab.down()
+
+
+def test_every_address_changes_and_mdns_finds_the_members_again(lab):
+    """All hosts get new LAN addresses while their agents are down (new DHCP leases): each
+    publishes its new address, finds the others by mDNS, and the tunnels come back."""
+    ips = transit_ips(lab, 1)
+    for k in (1, 2, 3):
+        lab.stop_agent(k)
+    for k in (1, 2, 3):
+        assert sh(lab, k, "ip", "addr", "flush", "dev", "eth0").returncode == 0
+        assert sh(lab, k, "ip", "addr", "add", f"10.248.0.{50 + k}/24", "dev", "eth0").returncode == 0
+    for k in (1, 2, 3):
+        lab.start_agent(k)
+    for a, b in ((1, 2), (2, 3), (3, 1)):
+        wait_for(f"h{a} to reach h{b} over transit again", lambda a=a, b=b: ping(lab, a, ips[f"h{b}"]),
+                 timeout=60)
+    wait_for("h2 to see every new endpoint", lambda: sorted(
+        n["endpoint"] for n in lab.client(2).get("/v1/nodes")["nodes"]) == [
+        f"10.248.0.{50 + k}:51820" for k in (1, 2, 3)], timeout=30)
+    logs = "".join((lab.host_dir(k) / "agent.log").read_text() for k in (1, 2, 3))
+    assert "by mDNS" in logs and "address changed from" in logs
