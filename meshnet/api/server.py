@@ -68,7 +68,7 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
         b = await _body(req)
         return web.json_response(await agent.init(
             b.get("advertise_addr"), b.get("transit_cidr") or TRANSIT_CIDR,
-            b.get("network_pool") or NETWORK_POOL))
+            b.get("network_pool") or NETWORK_POOL, b.get("encryption") or "wireguard"))
 
     async def join(req: web.Request) -> web.Response:
         b = await _body(req)

@@ -15,8 +15,10 @@ from meshnet.errors import MeshnetError
               help="Address other hosts reach this one at (default: the default route's source).")
 @click.option("--transit-cidr", default=None, help="Range for transit addresses (default 10.249.0.0/16).")
 @click.option("--network-pool", default=None, help="Pool for overlay subnets (default 10.10.0.0/16).")
+@click.option("--encryption", type=click.Choice(["wireguard", "ipsec"]), default=None,
+              help="Transit encryption for the whole cluster (default wireguard; see docs/ipsec.md).")
 @click.pass_context
-def init(ctx: click.Context, advertise_addr, transit_cidr, network_pool) -> None:
+def init(ctx: click.Context, advertise_addr, transit_cidr, network_pool, encryption) -> None:
     """Create a cluster with this host as its first member."""
     for cidr, what in ((transit_cidr, "transit range"), (network_pool, "network pool")):
         try:
@@ -25,7 +27,8 @@ def init(ctx: click.Context, advertise_addr, transit_cidr, network_pool) -> None
         except ValueError:  # the agent says the same, but only after "already a member"
             raise MeshnetError(f"invalid {what} {cidr!r}: expected a CIDR like 10.249.0.0/16") from None
     out = client(ctx).post("/v1/init", {"advertise_addr": advertise_addr,
-                                        "transit_cidr": transit_cidr, "network_pool": network_pool})
+                                        "transit_cidr": transit_cidr, "network_pool": network_pool,
+                                        "encryption": encryption})
     click.echo(f"Cluster {out['cluster_id']} created. To add a host, run there:\n\n"
                f"    {out['join_command']}\n")
 

@@ -43,7 +43,9 @@ class KernelState:
     sel_dst: str | None
     bytes: int
     packets: int
-    replay: int = 0  # packets dropped as replays ("stats: replay-window N replay N failed N")
+    # Packets dropped as replays: behind the window ("stats: replay-window N") or seen
+    # before within it ("replay N").
+    replay: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ _AEAD = re.compile(r"^aead \S+ 0x([0-9a-f]+)")
 _MODE = re.compile(r"\bmode (\w+)")
 _SEL = re.compile(r"^sel src (\S+) dst (\S+)")
 _CUR = re.compile(r"^(\d+)\(bytes\), (\d+)\(packets\)")
-_REPLAY = re.compile(r"^replay-window \d+ replay (\d+) failed \d+")
+_REPLAY = re.compile(r"^replay-window (\d+) replay (\d+) failed \d+")
 _SRCDST = re.compile(r"^src (\S+) dst (\S+)")
 _DIR = re.compile(r"\bdir (\w+)")
 _INDEX = re.compile(r"\bindex (\d+)")
@@ -118,7 +120,7 @@ def parse_states(text: str) -> list[KernelState]:
             elif current and (s := _CUR.match(line)):
                 nbytes, npackets = int(s.group(1)), int(s.group(2))
             elif s := _REPLAY.match(line):
-                replay = int(s.group(1))
+                replay = int(s.group(1)) + int(s.group(2))
             current = False
         if esp and spi is not None:
             out.append(KernelState(src, dst, spi, key, mode or "", if_id,
@@ -302,7 +304,8 @@ class IpsecTransit:
                     self._set_policy(pol)
         for key, pol in pols.items():
             if key not in keep_pols:
-                self._ip("xfrm", "policy", "delete", "index", str(pol.index), "dir", pol.dir, check=False)
+                self._ip("xfrm", "policy", "delete", "index", str(pol.index), "dir", pol.dir,
+                         "if_id", hex(IF_ID), check=False)
         for key, st in states.items():
             if key not in keep_states:
                 self._del_state(st)
