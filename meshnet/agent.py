@@ -387,6 +387,8 @@ class Agent:
         if self.backend is None and cluster.settings.get("encryption") == "ipsec":
             self.backend = IpsecTransit(parse_addr(me.endpoint)[0], me.transit_ip)  # docs/ipsec.md
             log.info("WireGuard backend: %s", self.backend.name)
+        if isinstance(self.backend, IpsecTransit):  # a changed address re-derives the SAs
+            self.backend.local_underlay = parse_addr(me.endpoint)[0]
         if self.backend is None:
             self.backend = choose(self.cfg.wireguard, self.cfg.wireguard_go, self.cfg.interface,
                                   self.cfg.state_dir / "wireguard-go.log")
