@@ -17,10 +17,10 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 @contextlib.contextmanager
-def lab(hosts: int, prefix: str = "b"):
+def lab(hosts: int, prefix: str = "b", agent_args: list[str] | None = None):
     lb = Lab(f"{prefix}{secrets.token_hex(3)}")
     try:
-        lb.up(hosts)
+        lb.up(hosts, agent_args=agent_args)
         yield lb
     finally:
         lb.down()

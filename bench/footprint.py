@@ -5,7 +5,9 @@ Each size gets its own lab: a cluster, one network and one service with one task
 host (spread). Then:
 - idle: nothing happens for --window seconds;
 - churn: every second, for --window seconds, the service is scaled between N and N/2
-  and an endpoint is created or removed on a rotating host.
+  and an endpoint is created or removed on a rotating host (one action after the other:
+  when an action takes longer than a second, fewer happen; the table says how many and
+  how long each took).
 wireguard-go's CPU on each host is measured over the same windows. On the largest lab
 the run also checks that the cluster works: transit pings from every host to a sample of
 others, overlay pings from an endpoint on h1 to every task, and `service ps` showing a
@@ -36,9 +38,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 SCALE_MD = RESULTS.parent / "scale.md"
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime+stime (and, with `children`, cutime+cstime of reaped children: nft, ip, the
+    processes pyroute2 forks to open a socket in another namespace, task launches)."""
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
+    return (int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)) / TICK
 
 
 def rss_mb(pid: int) -> float:
@@ -89,12 +93,14 @@ def window(lb: Lab, seconds: float, churn: bool, n: int, profile: Path | None = 
                                 "-o", str(profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wgs = {k: p for k in lb.hosts() if (p := wg_pid(lb, k))}
     c0 = {k: cpu_seconds(p) for k, p in agents.items()}
+    k0 = {k: cpu_seconds(p, True) for k, p in agents.items()}
     w0 = {k: cpu_seconds(p) for k, p in wgs.items()}
     t0 = time.monotonic()
-    i, errors, ep_on = 0, 0, None
+    i, errors, ep_on, took = 0, 0, None, []
     while time.monotonic() - t0 < seconds:
         if churn:
             k = 1 + i % n
+            t = time.monotonic()
             try:
                 lb.client(k).patch("/v1/services/fp", {"replicas": n if i % 2 else max(n // 2, 1)})
                 if ep_on is None:
@@ -105,10 +111,12 @@ def window(lb: Lab, seconds: float, churn: bool, n: int, profile: Path | None = 
                     ep_on = None
             except Exception:
                 errors += 1
+            took.append(time.monotonic() - t)
             i += 1
         time.sleep(max(0.0, t0 + i - time.monotonic()) if churn else 0.5)
     wall = time.monotonic() - t0
     cpu = [(cpu_seconds(p) - c0[k]) / wall * 100 for k, p in agents.items()]
+    kids = [(cpu_seconds(p, True) - k0[k]) / wall * 100 for k, p in agents.items()]
     wg = [(cpu_seconds(p) - w0[k]) / wall * 100 for k, p in wgs.items()]
     rss = [rss_mb(p) for p in agents.values()]
     if ep_on is not None:
@@ -117,7 +125,7 @@ def window(lb: Lab, seconds: float, churn: bool, n: int, profile: Path | None = 
         lb.client(1).patch("/v1/services/fp", {"replicas": n})
     if spy:
         spy.wait(timeout=60)
-    return {"cpu": cpu, "rss": rss, "wg": wg, "errors": errors, "actions": i}
+    return {"cpu": cpu, "kids": kids, "rss": rss, "wg": wg, "errors": errors, "actions": i, "took": took}
 
 
 def check(lb: Lab, n: int) -> list[str]:
@@ -213,12 +221,16 @@ def main() -> None:
             notes.append(f"kernel neighbour-table overflow messages during the {n}-host run: {overflow}"
                          + (" (gc_thresh left at its default)" if not overflow else ""))
         print(f"{n} hosts done ({setup[n]:.0f} s to build)", flush=True)
-    table_rows = ["| hosts | phase | agent CPU % of a core, mean / max | agent RSS MB, mean / max "
-                  "| wireguard-go CPU %, mean / max | churn actions (errors) |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    table_rows = ["| hosts | phase | agent CPU % of a core, mean / max | with its children | "
+                  "agent RSS MB, mean / max | wireguard-go CPU %, mean / max | churn actions (errors) "
+                  "| s per action, p50 / max |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for n, phase, r in rows:
-        table_rows.append(f"| {n} | {phase} | {stats(r['cpu'])} | {stats(r['rss'])} | {stats(r['wg'])} | "
-                          + (f"{r['actions']} ({r['errors']})" if phase == "churn" else "-") + " |")
+        took = sorted(r["took"])
+        table_rows.append(f"| {n} | {phase} | {stats(r['cpu'])} | {stats(r['kids'])} | {stats(r['rss'])} | "
+                          f"{stats(r['wg'])} | "
+                          + (f"{r['actions']} ({r['errors']}) | {took[len(took) // 2]:.2f} / {took[-1]:.2f}"
+                             if phase == "churn" and took else "- | -") + " |")
     table = "\n".join(table_rows)
     table += f"\n\nWindow {a.window:g} s; lab build + cluster + service: " + ", ".join(
         f"{n} hosts {s:.0f} s" for n, s in setup.items())

@@ -9,6 +9,7 @@
   namespaces (bench/peers.py), unless --no-peers.
 
     .venv/bin/python -m bench.throughput [--seconds 8] [--runs 3] [--no-peers] [--plot]
+                                         [--wireguard-go PATH]
 
 Runs are interleaved (run 1 of every path, then run 2, ...) so drift on the shared
 machine hits every path alike. Prints a table (median of the runs, ratios to the bare
@@ -97,9 +98,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-peers", action="store_true", help="skip Nebula and tinc")
     ap.add_argument("--plot", action="store_true", help="also write docs/img/throughput.png")
+    ap.add_argument("--wireguard-go", help="the wireguard-go binary the agents run (default: PATH's)")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
-        lb = stack.enter_context(lab(2, "bt"))
+        wg_args = ["--wireguard-go", args.wireguard_go] if args.wireguard_go else None
+        lb = stack.enter_context(lab(2, "bt", wg_args))
         lb.form_cluster()
         nodes = {n["name"]: n for n in lb.client(1).get("/v1/nodes")["nodes"]}
         lb.client(1).post("/v1/networks", {"name": "bench"})
@@ -149,6 +152,7 @@ def main() -> None:
     print(table)
     record("Single-stream TCP throughput", f"python -m bench.throughput --seconds {args.seconds} "
            f"--runs {args.runs}" + (" --no-peers" if args.no_peers else "")
+           + (f" --wireguard-go {args.wireguard_go}" if args.wireguard_go else "")
            + (" --plot" if args.plot else ""), table)
 
 
