@@ -168,6 +168,10 @@ def plot(rows: list[tuple[int, str, dict]], path: Path) -> None:
         a1.plot(xs, [sum(r["cpu"]) / len(r["cpu"]) for _, r in pts], style, label=f"{phase} mean")
         a1.plot(xs, [max(r["cpu"]) for _, r in pts], style, alpha=0.4, label=f"{phase} max")
         a2.plot(xs, [sum(r["rss"]) / len(r["rss"]) for _, r in pts], style, label=f"{phase} mean")
+        if phase == "churn":  # the churn rate falls when actions take longer than a second
+            for n, r in pts:
+                a1.annotate(f"{r['actions']} actions", (n, sum(r["cpu"]) / len(r["cpu"])), fontsize=7,
+                            textcoords="offset points", xytext=(4, 4))
     a1.axhline(1, ls=":", c="r", label="1% target (idle)")
     a1.set_xlabel("hosts")
     a1.set_ylabel("agent CPU, % of one core")
