@@ -3,7 +3,8 @@
 - join: from `POST /v1/join` (h5 joins through h1) to the first ping from a new endpoint
   on h5 to an endpoint on h1 over a meshnet network (h5 leaves between trials);
 - scale: from `service scale` (PATCH) to every node's DNS (`tasks.<svc>` asked from a
-  probe endpoint on each of h1..h4) giving the new number of addresses;
+  probe endpoint on each of h1..h4) giving the new number of addresses, up (1 -> 4, tasks
+  must start) and down (4 -> 1) separately;
 - kill: from SIGKILL of h4's agent to h1..h3 all reporting it `dead` (GET /v1/nodes),
   and to their DNS no longer answering h4's task address (the agent is restarted and
   the cluster settles between trials);
@@ -102,16 +103,17 @@ def trial_join(lb: Lab, token: str, ep1: dict, trials: int) -> list[float]:
     return out
 
 
-def trial_scale(lb: Lab, eps: dict[int, dict], trials: int) -> list[float]:
-    out = []
-    for i in range(trials):
+def trial_scale(lb: Lab, eps: dict[int, dict], trials: int) -> tuple[list[float], list[float]]:
+    """(up 1 -> 4, down 4 -> 1): up needs tasks started, down only rows retired."""
+    up, down = [], []
+    for i in range(2 * trials):
         n = 4 if i % 2 == 0 else 1
         probes = Probes(lb, eps, [1, 2, 3, 4], "tasks.web", f"count={n}")
         t0 = time.time()
         lb.client(1 + i % 4).patch("/v1/services/web", {"replicas": n})
-        out.append(probes.done() - t0)
+        (up if n == 4 else down).append(probes.done() - t0)
         time.sleep(0.5)
-    return out
+    return up, down
 
 
 def trial_kill(lb: Lab, eps: dict[int, dict], trials: int) -> tuple[list[float], list[float]]:
@@ -208,7 +210,9 @@ def main() -> None:
                                                "command": SLEEPER})
         wait("services running", lambda: len(running(lb, 1, "web")) == 1 and len(running(lb, 1, "kv")) == 4
              and len({t["node"] for t in running(lb, 1, "kv")}) == 4, 60, 0.2)
-        results["service scale -> DNS on every node"] = trial_scale(lb, eps, args.trials)
+        up, down = trial_scale(lb, eps, args.trials)
+        results["service scale 1->4 -> DNS on every node"] = up
+        results["service scale 4->1 -> DNS on every node"] = down
         dead, dns = trial_kill(lb, eps, args.trials)
         results["agent SIGKILL -> declared dead"] = dead
         results["agent SIGKILL -> DNS updated"] = dns
