@@ -429,10 +429,14 @@ class Agent:
                 await self._check_revoked()
                 self._sync_members()
                 await self._resolve_transit_clash()
-                if self.cluster() is not None:
+                member = self.cluster() is not None and self.me() is not None
+                if member:
                     await self.overlay.tidy()
+                    # Names first: they only need the rows, not the kernel pass below, so a
+                    # scale or a death reaches DNS and the VIPs a second or two sooner.
+                    await self._reconcile_names()
                 await self.reconcile()
-                if self.cluster() is not None and self.me() is not None:
+                if member:
                     await self.supervisor.reconcile()
                     await self._reconcile_names()
             except MeshnetError as e:
