@@ -364,15 +364,20 @@ def _add_fdb(ipr: IPRoute, f: Fdb) -> None:
     ipr.fdb("append", ifindex=idx, lladdr=f.mac, dst=f.dst)
 
 
-def _remove_fdb(ipr: IPRoute, f: Fdb, reused: _Reused) -> None:
-    idx = _vx_index(ipr, f.dev, False)
+def _remove_entry(ipr: IPRoute, dev: str, remove) -> None:
+    """Remove an FDB or neighbour entry of a VXLAN device; one already gone is fine."""
+    idx = _vx_index(ipr, dev, False)
     if idx is None:
         return
     try:
-        ipr.fdb("del", ifindex=idx, lladdr=f.mac, dst=f.dst)
+        remove(idx)
     except NetlinkError as e:
         if e.code not in _GONE:
             raise
+
+
+def _remove_fdb(ipr: IPRoute, f: Fdb, reused: _Reused) -> None:
+    _remove_entry(ipr, f.dev, lambda idx: ipr.fdb("del", ifindex=idx, lladdr=f.mac, dst=f.dst))
 
 
 def _add_neigh(ipr: IPRoute, n: Neigh) -> None:
@@ -381,14 +386,7 @@ def _add_neigh(ipr: IPRoute, n: Neigh) -> None:
 
 
 def _remove_neigh(ipr: IPRoute, n: Neigh, reused: _Reused) -> None:
-    idx = _vx_index(ipr, n.dev, False)
-    if idx is None:
-        return
-    try:
-        ipr.neigh("del", ifindex=idx, dst=n.ip, lladdr=n.mac)
-    except NetlinkError as e:
-        if e.code not in _GONE:
-            raise
+    _remove_entry(ipr, n.dev, lambda idx: ipr.neigh("del", ifindex=idx, dst=n.ip, lladdr=n.mac))
 
 
 def _ensure_netns(path: str) -> None:
