@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -181,3 +183,24 @@ def test_every_address_changes_and_mdns_finds_the_members_again(lab):
         f"10.248.0.{50 + k}:51820" for k in (1, 2, 3)], timeout=30)
     logs = "".join((lab.host_dir(k) / "agent.log").read_text() for k in (1, 2, 3))
     assert "by mDNS" in logs and "address changed from" in logs
+
+
+def test_a_paused_agent_is_suspected_then_refutes(lab):
+    """SIGSTOP h3's agent long enough to be suspected, not to be declared dead: after
+    SIGCONT it refutes with a higher incarnation and nobody ever saw it dead."""
+    h3 = next(n["id"] for n in lab.client(1).get("/v1/nodes")["nodes"] if n["name"] == "h3")
+    pid = int((lab.host_dir(3) / "agent.pid").read_text())
+    log = lab.host_dir(1) / "agent.log"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for("h1 to suspect h3", lambda: f"member {h3} is suspect" in log.read_text(), timeout=10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for("h3 to refute", lambda: re.search(rf"member {h3} is alive \(incarnation [1-9]", log.read_text()),
+             timeout=10)
+    text = (lab.host_dir(1) / "agent.log").read_text() + (lab.host_dir(2) / "agent.log").read_text()
+    assert f"member {h3} is dead" not in text
+    wait_for("h2 to see every member alive", lambda: all(
+        n["health"] == "alive" for n in lab.client(2).get("/v1/nodes")["nodes"]))
+    text = (lab.host_dir(1) / "agent.log").read_text() + (lab.host_dir(2) / "agent.log").read_text()
+    assert f"member {h3} is dead" not in text
