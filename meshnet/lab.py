@@ -211,11 +211,11 @@ class Lab:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
-    def form_cluster(self, members: list[int] | None = None) -> str:
-        """The first host runs init, the others join through it (default: every host);
-        returns the token."""
+    def form_cluster(self, members: list[int] | None = None, **init) -> str:
+        """The first host runs init (with `init` options, e.g. encryption="ipsec"), the
+        others join through it (default: every host); returns the token."""
         hosts = members or self.hosts()
-        out = self.client(hosts[0]).post("/v1/init", {"advertise_addr": self.ip(hosts[0])})
+        out = self.client(hosts[0]).post("/v1/init", {"advertise_addr": self.ip(hosts[0]), **init})
         for k in hosts[1:]:
             self.client(k).post("/v1/join", {"token": out["token"], "addrs": [self.ip(hosts[0])],
                                              "advertise_addr": self.ip(k)})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import re
-import secrets
 import subprocess
 import time
 from itertools import permutations
@@ -24,7 +23,7 @@ from meshnet.host.ipsec import IpsecTransit, parse_states
 from meshnet.plan.ipsec import IF_ID
 from meshnet.plan.wireguard import Device, Peer, RemovePeer, diff
 from tests.conftest import wait_for
-from tests.kernel.test_mesh_kernel import GuestLab, change_lines
+from tests.kernel.test_mesh_kernel import change_lines, guest_cluster
 from tests.lab.helpers import between_hosts, capture, nodes, ping, read_pcap, sh, transit_ips
 
 pytestmark = pytest.mark.kernel
@@ -111,22 +110,8 @@ def test_ipsec_applier_between_two_namespaces(ns_pair) -> None:
 
 @pytest.fixture(scope="module")
 def lab():
-    lb = GuestLab(f"i{secrets.token_hex(3)}")
-    started = time.monotonic()
-    try:
-        lb.up(len(HOSTS))
-        up = time.monotonic()
-        out = lb.client(1).post("/v1/init", {"advertise_addr": lb.ip(1), "encryption": "ipsec"})
-        for k in HOSTS[1:]:
-            lb.client(k).post("/v1/join", {"token": out["token"], "addrs": [lb.ip(1)],
-                                           "advertise_addr": lb.ip(k)})
-        for k in HOSTS:
-            wait_for(f"h{k} to list 3 active members",
-                     lambda k=k: sorted(transit_ips(lb, k)) == ["h1", "h2", "h3"], timeout=60)
-        print(f"\nlab up in {up - started:.1f} s, cluster formed in {time.monotonic() - up:.1f} s")
+    with guest_cluster("i", encryption="ipsec") as lb:
         yield lb
-    finally:
-        lb.down()
 
 
 def states(lab, k: int):

@@ -11,6 +11,7 @@ kernel WireGuard), and a leave. On the host these tests are deselected with
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -90,14 +91,16 @@ def change_lines(lab: Lab, k: int) -> int:
     return len(CHANGE_LINE.findall((lab.host_dir(k) / "agent.log").read_text()))
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lb = GuestLab(f"k{secrets.token_hex(3)}")
+@contextlib.contextmanager
+def guest_cluster(prefix: str, **init):
+    """A 3-host lab in the guest formed into a cluster (init options passed on), removed
+    afterwards; prints how long start-up and forming took under emulation."""
+    lb = GuestLab(f"{prefix}{secrets.token_hex(3)}")
     started = time.monotonic()
     try:
         lb.up(len(HOSTS))
         up = time.monotonic()
-        lb.form_cluster()
+        lb.form_cluster(**init)
         for k in HOSTS:
             wait_for(f"h{k} to list 3 active members",
                      lambda k=k: sorted(transit_ips(lb, k)) == ["h1", "h2", "h3"], timeout=60)
@@ -105,6 +108,12 @@ def lab():
         yield lb
     finally:
         lb.down()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with guest_cluster("k") as lb:
+        yield lb
 
 
 def pubkeys(lab: Lab) -> dict[int, str]:
