@@ -11,9 +11,15 @@ support is thin. The kernel keeps no public keys, so the applier remembers the p
 applied and `read` reports one only while the kernel still holds exactly its SAs and
 policies: a hand-deleted or altered SA makes the peer "missing", and the next reconcile
 puts it back. `apply` is declarative: after updating what it remembers it makes the
-kernel's if_id-tagged states and policies match it (new inbound SA before outbound,
-policies, then removal of anything left over), so it is idempotent and also sweeps
-SAs of peers that left while the agent was down.
+kernel's if_id-tagged states and policies match it (new inbound SAs, then new outbound
+SAs, then the out policies, whose template names the outbound SPI: that update is the
+switch; then removal of anything left over), so it is idempotent and also sweeps SAs of
+peers that left while the agent was down.
+
+Rotation (meshnet.plan.ipsec.plan): what a peer should have depends on the time (the
+epoch, and the switch and grace of a new key pair), so `read` compares the kernel with
+the plan *now*; when an epoch boundary, a switch or the end of a grace has passed, the
+peer reads as missing and the next reconcile's `SetPeer` makes `sync` catch up.
 """
 
 from __future__ import annotations
@@ -21,11 +27,26 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshnet.errors import HostError
 from meshnet.host.cmd import run
-from meshnet.plan.ipsec import AEAD, ICV_BITS, IF_ID, REPLAY_WINDOW, SA, Policy, peer_sas
+from meshnet.plan.ipsec import (
+    AEAD,
+    ICV_BITS,
+    IF_ID,
+    REPLAY_WINDOW,
+    SA,
+    Keying,
+    PeerPlan,
+    Policy,
+    Schedule,
+    host_cidr,
+    plan,
+    rekey,
+)
 from meshnet.plan.wireguard import Device, Op, Peer, PeerStats, RemovePeer, SetDevice, SetPeer
 
 log = logging.getLogger(__name__)
@@ -57,6 +78,7 @@ class KernelPolicy:
     if_id: int
     tmpl_src: str | None
     tmpl_dst: str | None
+    tmpl_spi: int = 0  # 0: any SA between tmpl_src and tmpl_dst
 
 
 def _blocks(text: str) -> list[list[str]]:
@@ -138,7 +160,7 @@ def parse_policies(text: str) -> list[KernelPolicy]:
             continue
         src, dst = m.groups()
         direction = tmpl = None
-        index = if_id = 0
+        index = if_id = tmpl_spi = 0
         for line in block[1:]:
             if line.startswith("dir "):
                 if s := _DIR.search(line):
@@ -147,11 +169,13 @@ def parse_policies(text: str) -> list[KernelPolicy]:
                     index = int(s.group(1))
             elif s := _TMPL.match(line):
                 tmpl = s.groups()
+            elif tmpl and line.startswith("proto ") and (s := _SPI.search(line)):
+                tmpl_spi = int(s.group(1), 16)
             elif s := _IF_ID.match(line):
                 if_id = _int(s.group(1))
         if direction:
             out.append(KernelPolicy(src, dst, direction, index, if_id,
-                                    tmpl[0] if tmpl else None, tmpl[1] if tmpl else None))
+                                    tmpl[0] if tmpl else None, tmpl[1] if tmpl else None, tmpl_spi))
     return out
 
 
@@ -162,7 +186,7 @@ def _state_ok(have: KernelState | None, want: SA) -> bool:
 
 def _policy_ok(have: KernelPolicy | None, want: Policy) -> bool:
     return (have is not None and have.if_id == IF_ID
-            and (have.tmpl_src, have.tmpl_dst) == (want.tmpl_src, want.tmpl_dst))
+            and (have.tmpl_src, have.tmpl_dst, have.tmpl_spi) == (want.tmpl_src, want.tmpl_dst, want.spi))
 
 
 class IpsecTransit:
@@ -171,12 +195,15 @@ class IpsecTransit:
     `local_underlay` is this node's endpoint address (the outer source of its SAs),
     `local_transit` its transit address (the inner source). `underlay_dev` is the
     interface the xfrm link sits on (default: the one holding `local_underlay`).
-    `netns` runs every command in that named namespace (`ip -n`), for tests."""
+    `netns` runs every command in that named namespace (`ip -n`), for tests.
+    `schedule` sets the rotation period, grace and switch delay (every member must use
+    the same period); `clock` gives the wall time (tests use a short period instead)."""
 
     name = "ipsec"
 
     def __init__(self, local_underlay: str, local_transit: str, underlay_dev: str | None = None,
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, schedule: Schedule | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.local_underlay = local_underlay
         self.local_transit = local_transit.split("/")[0]
         self.underlay_dev = underlay_dev
@@ -184,6 +211,10 @@ class IpsecTransit:
         self._private_key = ""
         self._listen_port = 0
         self._peers: dict[str, Peer] = {}
+        self.schedule = schedule or Schedule()
+        self.clock = clock
+        self._keyings: dict[str, tuple[Keying, ...]] = {}  # peer transit /32 -> key pairs in use
+        self._retired: dict[tuple[str, str], int] = {}  # (peer transit /32, rx|tx) -> bytes of removed SAs
         self._seen: dict[tuple[str, int], tuple[int, int]] = {}  # inbound SA -> (packets, replays)
         self._stuck: set[tuple[str, int]] = set()
 
@@ -226,30 +257,45 @@ class IpsecTransit:
             dev = underlay_for(self.local_underlay)[0]
         self._ip("link", "add", ifname, "type", "xfrm", "dev", dev, "if_id", hex(IF_ID))
 
-    def _expected(self) -> dict[str, tuple[Peer, object]]:
+    def _usable(self, p: Peer) -> bool:
+        return bool(self._private_key and p.endpoint and p.allowed_ips)
+
+    def _expected(self, now: float) -> dict[str, tuple[Peer, PeerPlan]]:
         out = {}
         for pub, p in self._peers.items():
-            if not self._private_key or not p.endpoint or not p.allowed_ips:
+            keyings = self._keyings.get(host_cidr(p.allowed_ips[0])) if p.allowed_ips else None
+            if not self._usable(p) or not keyings:
                 continue
-            out[pub] = (p, peer_sas(self._private_key, self.local_underlay, self.local_transit,
-                                    pub, p.endpoint, p.allowed_ips[0]))
+            out[pub] = (p, plan(keyings, self.local_underlay, self.local_transit, p.endpoint,
+                                p.allowed_ips[0], now, self.schedule))
         return out
 
     def read(self, ifname: str) -> tuple[Device, list[PeerStats]]:
-        states = {(s.dst, s.spi): s for s in self.states()}
+        """The peers whose SAs and policies are exactly what the plan wants now."""
+        all_states = self.states()
+        states = {(s.dst, s.spi): s for s in all_states}
         pols = {(p.src, p.dst, p.dir): p for p in self.policies()}
         peers: dict[str, Peer] = {}
         stats: list[PeerStats] = []
-        for pub, (p, sas) in self._expected().items():
-            out, inb = states.get((sas.out.dst, sas.out.spi)), states.get((sas.inbound.dst, sas.inbound.spi))
-            if not (_state_ok(out, sas.out) and _state_ok(inb, sas.inbound)):
+        for pub, (p, pl) in self._expected(self.clock()).items():
+            wanted = [pl.out, *pl.inbound]
+            if not all(_state_ok(states.get((w.dst, w.spi)), w) for w in wanted):
                 continue
-            if self._replay_stuck(inb):
+            pair = {pl.out.src, pl.out.dst}
+            extra = {(s.dst, s.spi) for s in all_states if {s.src, s.dst} == pair} - {
+                (w.dst, w.spi) for w in wanted}
+            if extra:  # an SA whose grace is over, or one of an old epoch or key
                 continue
-            if not all(_policy_ok(pols.get((w.src, w.dst, w.dir)), w) for w in sas.policies):
+            inbound = [states[(w.dst, w.spi)] for w in pl.inbound]
+            if any([self._replay_stuck(s) for s in inbound]):
+                continue
+            if not all(_policy_ok(pols.get((w.src, w.dst, w.dir)), w) for w in pl.policies):
                 continue
             peers[pub] = p
-            stats.append(PeerStats(pub, p.endpoint, 0.0, inb.bytes, out.bytes))
+            transit = host_cidr(p.allowed_ips[0])
+            rx = sum(s.bytes for s in inbound) + self._retired.get((transit, "rx"), 0)
+            tx = states[(pl.out.dst, pl.out.spi)].bytes + self._retired.get((transit, "tx"), 0)
+            stats.append(PeerStats(pub, p.endpoint, 0.0, rx, tx))
         return Device(self._private_key, self._listen_port, peers), stats
 
     def _replay_stuck(self, inb: KernelState) -> bool:
@@ -281,14 +327,28 @@ class IpsecTransit:
                 self._peers[op.peer.public_key] = op.peer
         self.sync()
 
+    def _rekey(self, now: float) -> None:
+        """Remember which key pairs each peer uses (and since when): a new private key or
+        a peer's new public key starts a switch (meshnet.plan.ipsec.rekey)."""
+        keyings = {}
+        for pub, p in self._peers.items():
+            if self._usable(p):
+                transit = host_cidr(p.allowed_ips[0])
+                keyings[transit] = rekey(self._keyings.get(transit, ()), self._private_key, pub,
+                                         now, self.schedule)
+        self._keyings = keyings
+
     def sync(self) -> None:
-        """Make the kernel's if_id-tagged states and policies exactly what we remember."""
+        """Make the kernel's if_id-tagged states and policies what the plan wants now."""
+        now = self.clock()
+        self._rekey(now)
         states = {(s.dst, s.spi): s for s in self.states()}
         pols = {(p.src, p.dst, p.dir): p for p in self.policies()}
-        expected = [sas for _, sas in self._expected().values()]
+        expected = [pl for _, pl in self._expected(now).values()]
         keep_states, keep_pols = set(), set()
-        # Inbound SAs first, so a peer that already sends on its new SA is understood.
-        for sa in [s.inbound for s in expected] + [s.out for s in expected]:
+        # Inbound SAs first, so a peer that already sends on its new SA is understood; then
+        # the new outbound SAs, unused until the out policy names them (the switch, below).
+        for sa in [sa for pl in expected for sa in pl.inbound] + [pl.out for pl in expected]:
             keep_states.add((sa.dst, sa.spi))
             have = states.get((sa.dst, sa.spi))
             if _state_ok(have, sa) and (sa.dst, sa.spi) not in self._stuck:
@@ -297,19 +357,33 @@ class IpsecTransit:
             if have is not None:
                 self._del_state(have)
             self._add_state(sa)
-        for sas in expected:
-            for pol in sas.policies:
+        for pl in expected:
+            for pol in pl.policies:
                 keep_pols.add((pol.src, pol.dst, pol.dir))
-                if not _policy_ok(pols.get((pol.src, pol.dst, pol.dir)), pol):
+                have = pols.get((pol.src, pol.dst, pol.dir))
+                if not _policy_ok(have, pol):
+                    if pol.dir == "out" and have is not None and have.tmpl_spi:
+                        log.info("ESP to %s: outbound SA 0x%08x -> 0x%08x", pol.tmpl_dst,
+                                 have.tmpl_spi, pol.spi)
                     self._set_policy(pol)
         for key, pol in pols.items():
             if key not in keep_pols:
                 self._ip("xfrm", "policy", "delete", "index", str(pol.index), "dir", pol.dir,
                          "if_id", hex(IF_ID), check=False)
+        # Last, the SAs no longer wanted: the old outbound one (nothing names it now), old
+        # inbound ones after their grace, and those of removed peers. Their bytes still count.
         for key, st in states.items():
             if key not in keep_states:
+                self._retire(st)
                 self._del_state(st)
         self._stuck.clear()
+
+    def _retire(self, st: KernelState) -> None:
+        inbound = st.dst == self.local_underlay
+        transit = st.sel_src if inbound else st.sel_dst
+        if transit:
+            key = (transit, "rx" if inbound else "tx")
+            self._retired[key] = self._retired.get(key, 0) + st.bytes
 
     def _add_state(self, sa: SA) -> None:
         self._ip("xfrm", "state", "add", "src", sa.src, "dst", sa.dst, "proto", "esp",
@@ -323,9 +397,10 @@ class IpsecTransit:
                  "spi", f"0x{st.spi:08x}", check=False)
 
     def _set_policy(self, pol: Policy) -> None:
+        spi = ["spi", f"0x{pol.spi:08x}"] if pol.spi else []
         self._ip("xfrm", "policy", "update", "src", pol.src, "dst", pol.dst, "dir", pol.dir,
                  "if_id", hex(IF_ID), "tmpl", "src", pol.tmpl_src, "dst", pol.tmpl_dst,
-                 "proto", "esp", "reqid", str(IF_ID), "mode", "tunnel")
+                 "proto", "esp", *spi, "reqid", str(IF_ID), "mode", "tunnel")
 
     def delete(self, ifname: str) -> None:
         """The link and every state and policy with our if_id."""
@@ -333,4 +408,5 @@ class IpsecTransit:
             self._ip("link", "del", "dev", ifname)
         self._private_key, self._listen_port = "", 0
         self._peers = {}
+        self._retired = {}
         self.sync()
