@@ -306,7 +306,7 @@ class Agent(Membership, Replication):
             self.backend.create(ifname)
         current, _ = self.backend.read(ifname)
         want = desired(self.node_id, self.keys.wireguard_private, self.cfg.wireguard_port,
-                       self.store.nodes(), self.found_endpoints)
+                       self.store.nodes(), self.found_endpoints, self.overlay.allowed_ips())
         ops = diff(current, want)
         if ops:
             log.info("WireGuard %s: %d change(s): %s", ifname, len(ops),

@@ -95,7 +95,7 @@ class Overlay:
     def network_views(self) -> list[dict]:
         eps = self.live_endpoints()
         return [{"id": n.id, "name": n.name, "driver": n.driver, "scope": "swarm",
-                 "subnet": n.subnet, "gateway": n.gateway, "vni": n.vni, "labels": n.labels,
+                 "mode": n.mode, "subnet": n.subnet, "gateway": n.gateway, "vni": n.vni, "labels": n.labels,
                  "endpoints": sum(e.network == n.id for e in eps), "created": _iso(n.created)}
                 for n in self.live_networks()]
 
@@ -118,7 +118,8 @@ class Overlay:
                                   "IPv4Address": f"{e.ip}/{prefix}", "IPv6Address": "",
                                   "Node": names.get(e.node, e.node)} for e in eps},
             "Options": {"com.docker.network.driver.overlay.vxlanid_list": str(n.vni),
-                        "encrypted": "wireguard"},
+                        "encrypted": self.agent.require_cluster().settings.get("encryption", "wireguard"),
+                        "mode": n.mode},
             "Labels": n.labels,
             "Peers": [{"Name": names.get(p, p), "IP": nodes[p].transit_ip if p in nodes else ""}
                       for p in peers],
@@ -127,16 +128,19 @@ class Overlay:
     # -- networks -----------------------------------------------------------------------
 
     async def create_network(self, name: str, driver: str = "overlay", subnet: str | None = None,
-                             gateway: str | None = None, labels: dict | None = None) -> dict:
+                             gateway: str | None = None, labels: dict | None = None,
+                             options: dict | None = None) -> dict:
         cluster = self.agent.require_cluster()
         plan_networks.check_name(name)
         if driver != "overlay":
             raise MeshnetError(f"unknown driver {driver!r}: meshnet networks are 'overlay'")
+        opts = plan_networks.parse_options(options or {}, cluster.settings.get("encryption", "wireguard"))
         live = self.live_networks()
         if any(n.name == name for n in live):
             raise Conflict(f"network {name!r} already exists")
         routes = [(r, dev) for r, dev in await asyncio.to_thread(links.routed_networks)
-                  if not dev.startswith(("mnb-", "mnv-", "mnh-"))]
+                  if not dev.startswith(("mnb-", "mnv-", "mnh-", "mnr-"))
+                  and dev != self.agent.cfg.interface]  # transit is checked on its own below
         transit = cluster.settings["transit_cidr"]
         if subnet:
             net = plan_networks.parse_subnet(subnet)
@@ -148,7 +152,8 @@ class Overlay:
         row_id = secrets.token_hex(12)
         await self.agent.write_row("network", row_id, {
             "name": name, "driver": driver, "subnet": str(net), "gateway": gw,
-            "vni": plan_networks.pick_vni(live), "labels": labels or {}, "created": created})
+            "vni": plan_networks.pick_vni(live), "labels": labels or {}, "created": created,
+            "options": opts})
         log.info("created network %s (%s) %s", name, row_id, net)
         return self.inspect(row_id)
 
@@ -352,14 +357,22 @@ class Overlay:
         log.warning("network %s (%s) removed: %s", n.name, n.id, reason)
         await self.agent.write_row("network", n.id, _data(n), deleted=True)
 
-    def desired(self, transit_mtu: int) -> plan_overlay.OverlayState:
+    def _views(self) -> tuple[dict[str, str], list[plan_overlay.NetView], list[plan_overlay.EndpointView]]:
         nodes = {n.id: n.transit_ip for n in active(self.store.nodes())}
-        nets = [plan_overlay.NetView(n.id, n.vni, ipaddress.ip_network(n.subnet).prefixlen)
-                for n in self.live_networks()]
+        nets = [plan_overlay.NetView(n.id, n.vni, ipaddress.ip_network(n.subnet).prefixlen, n.subnet,
+                                     n.mode) for n in self.live_networks()]
         eps = [plan_overlay.EndpointView(e.id, e.network, e.node, e.ip, e.mac, e.netns,
                                          e.owns_netns, e.ifname) for e in self.live_endpoints()]
+        return nodes, nets, eps
+
+    def desired(self, transit_mtu: int) -> plan_overlay.OverlayState:
+        nodes, nets, eps = self._views()
         return plan_overlay.desired(self.agent.node_id, transit_mtu, nodes, nets, eps,
                                     self.agent.cfg.interface)
+
+    def allowed_ips(self) -> dict[str, list[str]]:
+        """Endpoint addresses on routed networks, by node: extra WireGuard allowed IPs."""
+        return plan_overlay.allowed_ips(*self._views())
 
 
 def _data(obj) -> dict:

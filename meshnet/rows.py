@@ -23,7 +23,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     # Cluster-scoped: any member may write it (owner = the last writer), like any swarm
     # manager may remove any network. `created` (HLC) is fixed at creation.
     "network": {"name": str, "driver": str, "subnet": str, "gateway": str, "vni": int,
-                "labels": dict, "created": int},
+                "labels": dict, "created": int, "options": dict},
     # Owned by the node that hosts the endpoint.
     "endpoint": {"name": str, "network": str, "node": str, "ip": str, "mac": str, "netns": str,
                  "owns_netns": bool, "ifname": str, "created": int},

@@ -123,9 +123,12 @@ def make_apps(agent: Agent) -> tuple[web.Application, web.Application]:
         labels = b.get("labels") or {}
         if not isinstance(labels, dict):
             raise MeshnetError("labels must be an object")
+        options = b.get("options") or {}
+        if not isinstance(options, dict):
+            raise MeshnetError("options must be an object")
         return web.json_response(await ov.create_network(
             b["name"], b.get("driver") or "overlay", b.get("subnet"), b.get("gateway"),
-            {str(k): str(v) for k, v in labels.items()}))
+            {str(k): str(v) for k, v in labels.items()}, {str(k): str(v) for k, v in options.items()}))
 
     async def network_inspect(req: web.Request) -> web.Response:
         agent.require_cluster()

@@ -21,13 +21,16 @@ def network() -> None:
 @click.option("--subnet", default=None, help="CIDR (default: the next free /24 of the pool).")
 @click.option("--gateway", default=None, help="Reserved gateway address (default: first host).")
 @click.option("--label", "labels", multiple=True, metavar="K=V")
+@click.option("-o", "--opt", "opts", multiple=True, metavar="K=V",
+              help="Driver option: mode=l2 (bridged VXLAN, the default) or mode=l3 (routed).")
 @click.argument("name")
 @click.pass_context
 def create(ctx: click.Context, driver: str, subnet: str | None, gateway: str | None,
-           labels: tuple[str, ...], name: str) -> None:
+           labels: tuple[str, ...], opts: tuple[str, ...], name: str) -> None:
     """Create an overlay network."""
     out = client(ctx).post("/v1/networks", {"name": name, "driver": driver, "subnet": subnet,
-                                            "gateway": gateway, "labels": parse_labels(labels)})
+                                            "gateway": gateway, "labels": parse_labels(labels),
+                                            "options": parse_labels(opts, "option")})
     click.echo(out["Id"])
 
 
@@ -38,8 +41,8 @@ def ls(ctx: click.Context, fmt: str) -> None:
     """List networks."""
     nets = client(ctx).get("/v1/networks")["networks"]
     emit(nets, fmt, lambda ns: table(
-        ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "VNI", "ENDPOINTS"],
-        [[n["id"][:12], n["name"], n["driver"], n["scope"], n["subnet"], n["vni"], n["endpoints"]]
+        ["NETWORK ID", "NAME", "DRIVER", "MODE", "SCOPE", "SUBNET", "VNI", "ENDPOINTS"],
+        [[n["id"][:12], n["name"], n["driver"], n["mode"], n["scope"], n["subnet"], n["vni"], n["endpoints"]]
          for n in ns]))
 
 

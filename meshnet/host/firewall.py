@@ -1,4 +1,5 @@
-"""Fail-closed nftables guard: VXLAN may only leave or enter through the transit interface.
+"""Fail-closed nftables guard: VXLAN may only leave or enter through the transit interface;
+and the forwarding filter of routed networks (below).
 
 One table, `inet meshnet`, with an input and an output chain (filter hooks, priority 0,
 policy accept) that drop UDP to the VXLAN port on every interface but the WireGuard
@@ -15,7 +16,7 @@ import re
 
 from meshnet.errors import HostError
 from meshnet.host.cmd import run
-from meshnet.plan.overlay import VXLAN_PORT
+from meshnet.plan.overlay import VXLAN_PORT, L3Filter
 
 TABLE = "meshnet"
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}$")
@@ -80,17 +81,17 @@ def guard_counters(listing: dict) -> dict[str, int]:
     return out
 
 
-def _listing() -> dict | None:
-    proc = run(["nft", "-j", "list", "table", "inet", TABLE], check=False)
+def _listing(table: str = TABLE) -> dict | None:
+    proc = run(["nft", "-j", "list", "table", "inet", table], check=False)
     if proc.returncode != 0:
         if "No such file or directory" in proc.stderr:
             return None
-        raise HostError(f"nft -j list table inet {TABLE} failed ({proc.returncode}): "
+        raise HostError(f"nft -j list table inet {table} failed ({proc.returncode}): "
                         f"{proc.stderr.strip()}")
     try:
         return json.loads(proc.stdout)
     except ValueError as e:
-        raise HostError(f"nft -j list table inet {TABLE}: unreadable JSON: {e}") from e
+        raise HostError(f"nft -j list table inet {table}: unreadable JSON: {e}") from e
 
 
 def vxlan_guard_present(ifname: str, port: int = VXLAN_PORT) -> bool:
@@ -115,3 +116,108 @@ def ensure_vxlan_guard(ifname: str, port: int = VXLAN_PORT) -> bool:
 
 def remove_vxlan_guard() -> None:
     run(["nft", "-f", "-"], input=f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+
+
+# --- routed (mode=l3) networks ----------------------------------------------------------
+#
+# A second table, `inet meshnet-l3`, present only while this host has endpoints on routed
+# networks. The host forwards for them (IPv4 forwarding on their veths and the transit
+# interface), so the filter is what keeps networks apart: an endpoint may send only from
+# its own address into its own network's subnet, receive only from that subnet, and
+# reach nothing on the host itself; the transit interface forwards into routed
+# endpoints and nowhere else.
+
+L3_TABLE = "meshnet-l3"
+L3_PREFIX = "mnr-"
+
+
+def l3_ruleset(f: L3Filter) -> str:
+    """The nft script that (re)places the routed-network filter atomically."""
+    for name in (f.transit, *(veth for veth, _, _ in f.rules)):
+        if not _IFNAME.match(name):
+            raise HostError(f"not a usable interface name for the routed filter: {name!r}")
+    out_rules = "".join(f'    iifname "{veth}" ip saddr {ip} ip daddr {net} accept\n'
+                        for veth, ip, net in f.rules)
+    in_rules = "".join(f'    oifname "{veth}" ip saddr {net} ip daddr {ip} accept\n'
+                       for veth, ip, net in f.rules)
+    return (f"table inet {L3_TABLE} {{}}\n"
+            f"delete table inet {L3_TABLE}\n"
+            f"table inet {L3_TABLE} {{\n"
+            f"  chain forward {{\n"
+            f"    type filter hook forward priority 0; policy accept;\n"
+            f'    iifname "{L3_PREFIX}*" jump from_endpoint\n'
+            f'    oifname "{L3_PREFIX}*" jump to_endpoint\n'
+            f'    iifname "{f.transit}" drop\n'
+            f"  }}\n"
+            f"  chain input {{\n"
+            f"    type filter hook input priority 0; policy accept;\n"
+            f'    iifname "{L3_PREFIX}*" drop\n'
+            f"  }}\n"
+            f"  chain from_endpoint {{\n{out_rules}    drop\n  }}\n"
+            f"  chain to_endpoint {{\n{in_rules}    drop\n  }}\n"
+            f"}}\n")
+
+
+def _matches(expr: list) -> dict[str, object]:
+    """{'iifname': 'mnr-x', 'saddr': '10.0.0.2', 'daddr': '10.0.0.0/24', ...} of a rule's
+    `==` matches, plus 'verdict'; prefixes come back as 'addr/len'."""
+    out: dict[str, object] = {}
+    for e in expr:
+        if "match" in e:
+            m = e["match"]
+            left, right = m.get("left", {}), m.get("right")
+            key = left.get("meta", {}).get("key") or left.get("payload", {}).get("field")
+            if isinstance(right, dict) and "prefix" in right:
+                right = f"{right['prefix']['addr']}/{right['prefix']['len']}"
+            out[str(key) if m.get("op") == "==" else f"{key}{m.get('op')}"] = right
+        for verdict in ("accept", "drop"):
+            if verdict in e:
+                out["verdict"] = verdict
+        if "jump" in e:
+            out["verdict"] = "jump " + e["jump"]["target"]
+    return out
+
+
+def l3_filter_in_listing(listing: dict) -> L3Filter | None:
+    """Read the routed filter back from `nft -j list table inet meshnet-l3`. Anything that
+    is not exactly what `l3_ruleset` writes comes back with a ('!', '', '') rule, which
+    no desired filter has, so the applier replaces the table."""
+    items = listing.get("nftables", [])
+    chains = {c["chain"]["name"]: c["chain"] for c in items if "chain" in c}
+    rules: dict[str, list[dict]] = {}
+    for r in (i["rule"] for i in items if "rule" in i):
+        rules.setdefault(r["chain"], []).append(_matches(r["expr"]))
+    broken = (("!", "", ""),)
+    base = rules.get("forward", [])
+    transit = base[2].get("iifname", "") if len(base) == 3 else ""
+    fixed = [{"iifname": f"{L3_PREFIX}*", "verdict": "jump from_endpoint"},
+             {"oifname": f"{L3_PREFIX}*", "verdict": "jump to_endpoint"},
+             {"iifname": transit, "verdict": "drop"}]
+    hooks_ok = all((chains.get(n, {}).get("hook"), chains.get(n, {}).get("prio"),
+                    chains.get(n, {}).get("policy")) == (n, 0, "accept") for n in ("forward", "input"))
+    if (set(chains) != {"forward", "input", "from_endpoint", "to_endpoint"} or not hooks_ok
+            or base != fixed or rules.get("input") != [{"iifname": f"{L3_PREFIX}*", "verdict": "drop"}]):
+        return L3Filter(str(transit), broken)
+    out_rules, in_rules = rules.get("from_endpoint", []), rules.get("to_endpoint", [])
+    if not out_rules or out_rules[-1] != {"verdict": "drop"} or in_rules[-1:] != [{"verdict": "drop"}]:
+        return L3Filter(str(transit), broken)
+    found = tuple((str(r.get("iifname")), str(r.get("saddr")), str(r.get("daddr")))
+                  for r in out_rules[:-1])
+    mirror = [{"oifname": veth, "saddr": net, "daddr": ip, "verdict": "accept"} for veth, ip, net in found]
+    if any(set(r) != {"iifname", "saddr", "daddr", "verdict"} or r["verdict"] != "accept"
+           for r in out_rules[:-1]) or in_rules[:-1] != mirror:
+        return L3Filter(str(transit), broken)
+    return L3Filter(str(transit), tuple(sorted(found)))
+
+
+def read_l3_filter() -> L3Filter | None:
+    listing = _listing(L3_TABLE)
+    return l3_filter_in_listing(listing) if listing is not None else None
+
+
+def set_l3_filter(f: L3Filter) -> None:
+    run(["nft", "-f", "-"], input=l3_ruleset(f))
+
+
+def remove_l3_filter() -> None:
+    run(["nft", "-f", "-"], input=f"table inet {L3_TABLE} {{}}\ndelete table inet {L3_TABLE}\n")

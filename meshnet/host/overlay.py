@@ -42,22 +42,29 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import states as nud
 
 from meshnet.errors import HostError
+from meshnet.host import firewall
 from meshnet.host.cmd import run
 from meshnet.plan.overlay import (
     Add,
     Bridge,
     Endpoint,
     Fdb,
+    L3Filter,
     Neigh,
     Op,
     OverlayState,
+    Route,
     Vxlan,
     diff,
 )
 
 log = logging.getLogger(__name__)
 
-BRIDGE_PREFIX, VXLAN_PREFIX, VETH_PREFIX = "mnb-", "mnv-", "mnh-"
+BRIDGE_PREFIX, VXLAN_PREFIX, VETH_PREFIX, ROUTED_PREFIX = "mnb-", "mnv-", "mnh-", "mnr-"
+# Routes meshnet adds carry this protocol number (`ip route ... proto 109`), so they are
+# told apart from everyone else's; /etc/iproute2/rt_protos leaves 109 unassigned.
+RTPROT_MESHNET = 109
+MAIN_TABLE = 254
 ALIAS_TAG = "meshnet-endpoint"
 NETNS_DIRS = ("/run/netns", "/var/run/netns")
 IFF_UP = 0x1
@@ -115,6 +122,8 @@ def reused_by_adds(ops: Iterable[Op]) -> _Reused:
         elif isinstance(item, Endpoint):
             devices.add(item.host_veth)
             netns.add(item.netns)
+        elif isinstance(item, L3Filter):
+            devices.add(firewall.L3_TABLE)  # replaced atomically: never removed in between
     return _Reused(frozenset(devices), frozenset(netns))
 
 
@@ -130,11 +139,15 @@ def describe(op: Op) -> str:
         what = f"FDB entry {i.mac} dst {i.dst} on {i.dev}"
     elif isinstance(i, Neigh):
         what = f"neighbour {i.ip} -> {i.mac} on {i.dev}"
+    elif isinstance(i, Route):
+        what = f"route {i.dst} dev {i.dev}" + ("" if i.ok else " (forwarding off)")
+    elif isinstance(i, L3Filter):
+        what = f"routed-network filter ({len(i.rules)} endpoint(s), transit {i.transit})"
     elif not i.id:
         what = f"veth {i.host_veth} (not made by this applier, or its alias was lost)"
     else:
-        what = (f"endpoint {i.id} ({i.host_veth} on {i.bridge} -> {i.ifname} {i.address} "
-                f"in {i.netns or '?'})")
+        what = (f"endpoint {i.id} ({i.host_veth} on {i.bridge or 'routed'} -> {i.ifname} "
+                f"{i.address} in {i.netns or '?'})")
     return f"{verb} {what}"
 
 
@@ -155,6 +168,31 @@ def _info_data(link) -> dict:
 
 def _up(link) -> bool:
     return bool(link["flags"] & IFF_UP)
+
+
+def _sysctl(path: str) -> str | None:
+    try:
+        with open(f"/proc/sys/net/ipv4/{path}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _set_sysctl(path: str, value: str) -> None:
+    try:
+        with open(f"/proc/sys/net/ipv4/{path}", "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise HostError(f"cannot set net.ipv4.{path.replace('/', '.')} = {value}: {e}") from e
+
+
+# A routed endpoint's host veth forwards, answers ARP for the rest of the subnet at once
+# (proxy ARP without the default random delay of up to 0.8 s).
+_ROUTED_SYSCTLS = (("conf/{}/forwarding", "1"), ("conf/{}/proxy_arp", "1"), ("neigh/{}/proxy_delay", "0"))
+
+
+def _routed_sysctls_ok(ifname: str) -> bool:
+    return all(_sysctl(path.format(ifname)) == value for path, value in _ROUTED_SYSCTLS)
 
 
 def _is_netns(path: str) -> bool:
@@ -202,6 +240,9 @@ def read() -> OverlayState:
                 vx_index[idx] = name
             elif name.startswith(VETH_PREFIX) and kind == "veth":
                 veths.append((ln, master, bare))
+            elif name.startswith(ROUTED_PREFIX) and kind == "veth":
+                veths.append((ln, master, bare and _routed_sysctls_ok(name)))
+                vx_index[idx] = name  # it has permanent neighbour entries too
         fdb, neigh = set(), set()
         if vx_index:
             for m in ipr.fdb("dump"):
@@ -212,9 +253,17 @@ def read() -> OverlayState:
                 mac = m.get_attr("NDA_LLADDR")
                 if m["ifindex"] in vx_index and mac and m["state"] & nud["permanent"]:
                     neigh.add(Neigh(vx_index[m["ifindex"]], m.get_attr("NDA_DST"), mac))
+        routes = set()
+        for r in ipr.get_routes(family=AF_INET, table=MAIN_TABLE):
+            if r["proto"] != RTPROT_MESHNET or r.get_attr("RTA_DST") is None:
+                continue
+            dev = names.get(r.get_attr("RTA_OIF"), "")
+            ok = dev.startswith(ROUTED_PREFIX) or _sysctl(f"conf/{dev}/forwarding") == "1"
+            routes.add(Route(f"{r.get_attr('RTA_DST')}/{r['dst_len']}", dev, ok))
     endpoints = {_read_endpoint(ln, master, bare) for ln, master, bare in veths}
+    found = firewall.read_l3_filter()
     return OverlayState(frozenset(bridges), frozenset(vxlans), frozenset(fdb), frozenset(neigh),
-                        frozenset(endpoints))
+                        frozenset(endpoints), frozenset(routes), frozenset([found] if found else []))
 
 
 def _read_endpoint(host, master: str, host_ok: bool) -> Endpoint:
@@ -355,7 +404,7 @@ def _add_vxlan(ipr: IPRoute, vx: Vxlan) -> None:
 def _vx_index(ipr: IPRoute, dev: str, adding: bool) -> int | None:
     idx = _index(ipr, dev)
     if idx is None and adding:
-        raise HostError(f"VXLAN device {dev} does not exist")
+        raise HostError(f"device {dev} does not exist")
     return idx
 
 
@@ -365,7 +414,7 @@ def _add_fdb(ipr: IPRoute, f: Fdb) -> None:
 
 
 def _remove_entry(ipr: IPRoute, dev: str, remove) -> None:
-    """Remove an FDB or neighbour entry of a VXLAN device; one already gone is fine."""
+    """Remove an FDB entry, neighbour entry or route of a device; one already gone is fine."""
     idx = _vx_index(ipr, dev, False)
     if idx is None:
         return
@@ -387,6 +436,33 @@ def _add_neigh(ipr: IPRoute, n: Neigh) -> None:
 
 def _remove_neigh(ipr: IPRoute, n: Neigh, reused: _Reused) -> None:
     _remove_entry(ipr, n.dev, lambda idx: ipr.neigh("del", ifindex=idx, dst=n.ip, lladdr=n.mac))
+
+
+def _add_route(ipr: IPRoute, r: Route) -> None:
+    idx = _vx_index(ipr, r.dev, True)
+    ipr.route("replace", dst=r.dst, oif=idx, proto=RTPROT_MESHNET, scope=253, table=MAIN_TABLE)
+    if not r.dev.startswith(ROUTED_PREFIX):
+        _set_sysctl(f"conf/{r.dev}/forwarding", "1")
+
+
+def _remove_route(ipr: IPRoute, r: Route, reused: _Reused) -> None:
+    _remove_entry(ipr, r.dev, lambda idx: ipr.route("del", dst=r.dst, oif=idx, proto=RTPROT_MESHNET,
+                                                    scope=253, table=MAIN_TABLE))
+    idx = _index(ipr, r.dev)
+    if idx is None or r.dev.startswith(ROUTED_PREFIX):
+        return
+    if not any(x["proto"] == RTPROT_MESHNET and x.get_attr("RTA_OIF") == idx
+               for x in ipr.get_routes(family=AF_INET, table=MAIN_TABLE)):
+        _set_sysctl(f"conf/{r.dev}/forwarding", "0")  # the last routed network here is gone
+
+
+def _add_filter(_ipr: IPRoute, f: L3Filter) -> None:
+    firewall.set_l3_filter(f)
+
+
+def _remove_filter(_ipr: IPRoute, _f: L3Filter, reused: _Reused) -> None:
+    if firewall.L3_TABLE not in reused.devices:
+        firewall.remove_l3_filter()
 
 
 def _ensure_netns(path: str) -> None:
@@ -413,8 +489,8 @@ def _add_endpoint(ipr: IPRoute, ep: Endpoint) -> None:
         if _kind(link) == "veth" and _read_endpoint(link, mname, bare) == ep:
             return  # exactly there already
         _delete(ipr, ep.host_veth)  # rebuilt below; its peer goes with it
-    bridge = _index(ipr, ep.bridge)
-    if bridge is None:
+    bridge = _index(ipr, ep.bridge) if ep.bridge else None
+    if ep.bridge and bridge is None:
         raise HostError(f"cannot add endpoint {ep.id}: its bridge {ep.bridge} does not exist")
     if ep.owns_netns:
         _ensure_netns(ep.netns)
@@ -441,6 +517,9 @@ def _add_endpoint(ipr: IPRoute, ep: Endpoint) -> None:
         ns.link("set", index=peer[0], state="up")
     idx = _index(ipr, ep.host_veth)
     ipr.link("set", index=idx, ifalias=endpoint_alias(ep))
+    if not ep.bridge:
+        for path, value in _ROUTED_SYSCTLS:
+            _set_sysctl(path.format(ep.host_veth), value)
     _bare_up(ipr, idx, ep.mtu, bridge)
 
 
@@ -451,6 +530,7 @@ def _remove_endpoint(ipr: IPRoute, ep: Endpoint, reused: _Reused) -> None:
         run(["ip", "netns", "delete", netns_name(ep.netns)])
 
 
-_ADD = {Bridge: _add_bridge, Vxlan: _add_vxlan, Fdb: _add_fdb, Neigh: _add_neigh, Endpoint: _add_endpoint}
+_ADD = {Bridge: _add_bridge, Vxlan: _add_vxlan, Fdb: _add_fdb, Neigh: _add_neigh, Endpoint: _add_endpoint,
+        Route: _add_route, L3Filter: _add_filter}
 _REMOVE = {Bridge: _remove_device, Vxlan: _remove_device, Fdb: _remove_fdb, Neigh: _remove_neigh,
-           Endpoint: _remove_endpoint}
+           Endpoint: _remove_endpoint, Route: _remove_route, L3Filter: _remove_filter}

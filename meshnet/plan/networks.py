@@ -43,14 +43,34 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
     return net
 
 
-def parse_labels(pairs: Iterable[str]) -> dict[str, str]:
+def parse_labels(pairs: Iterable[str], what: str = "label") -> dict[str, str]:
     labels = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise MeshnetError(f"invalid label {pair!r}: expected KEY=VALUE")
+            raise MeshnetError(f"invalid {what} {pair!r}: expected KEY=VALUE")
         labels[key] = value
     return labels
+
+
+NETWORK_MODES = ("l2", "l3")
+
+
+def parse_options(options: dict, encryption: str = "wireguard") -> dict[str, str]:
+    """Validated driver options (today only `mode`: l2, the default, or l3 = routed).
+    Only non-default values are kept, so a plain network's row has none."""
+    out: dict[str, str] = {}
+    for key, value in options.items():
+        if key != "mode":
+            raise MeshnetError(f"unknown network option {key!r}: the only option is mode=l2|l3")
+        if value not in NETWORK_MODES:
+            raise MeshnetError(f"invalid network mode {value!r}: l2 (bridged, the default) or l3 (routed)")
+        if value == "l3" and encryption != "wireguard":
+            raise MeshnetError("routed (mode=l3) networks need the WireGuard transit; this cluster "
+                               f"uses {encryption}")
+        if value != "l2":
+            out[key] = value
+    return out
 
 
 def winners(networks: Iterable[NetLike]) -> tuple[list[NetLike], list[NetLike]]:

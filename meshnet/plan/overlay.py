@@ -13,6 +13,15 @@ Per network that has an endpoint on this node:
 
 MTU: the endpoint and bridge MTU is the transit MTU minus the 50 bytes of VXLAN over
 IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14), so nothing fragments.
+
+A network created with `--opt mode=l3` is routed instead (docs/routed.md): no bridge
+and no VXLAN; per local endpoint a veth whose host side `mnr-<id>` answers ARP for the
+subnet (proxy ARP) and forwards, a /32 route and a permanent neighbour entry towards
+the endpoint; per such network one route for its subnet into the transit interface,
+where WireGuard picks the peer by the endpoint addresses it is allowed (see
+`allowed_ips`); an nftables filter (`L3Filter`) keeps networks apart. The endpoint MTU
+is the transit MTU, and the inner TCP stream reaches the tunnel as large segments
+rather than one encapsulated packet per frame.
 """
 
 from __future__ import annotations
@@ -33,8 +42,8 @@ def vxlan_name(vni: int) -> str:
     return f"mnv-{vni}"
 
 
-def host_veth_name(endpoint_id: str) -> str:
-    return f"mnh-{endpoint_id[:10]}"
+def host_veth_name(endpoint_id: str, routed: bool = False) -> str:
+    return f"{'mnr' if routed else 'mnh'}-{endpoint_id[:10]}"
 
 
 def mac_for(ip: str) -> str:
@@ -77,8 +86,30 @@ class Neigh:
 
 
 @dataclass(frozen=True)
+class Route:
+    """An IPv4 route in the main table, tagged with meshnet's protocol number.
+    A route into a device that is not an endpoint's veth (the transit interface) also
+    needs IPv4 forwarding on that device: `ok` is False when it is off."""
+
+    dst: str  # "ip/prefixlen"
+    dev: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class L3Filter:
+    """The forwarding filter of routed networks: each local endpoint may send only from
+    its own address to its own network's subnet, and receive only from that subnet;
+    whatever else the transit interface would forward is dropped."""
+
+    transit: str
+    rules: tuple[tuple[str, str, str], ...]  # (host veth, endpoint ip, network subnet), sorted
+
+
+@dataclass(frozen=True)
 class Endpoint:
-    """A local endpoint: a veth from the network's bridge into a network namespace."""
+    """A local endpoint: a veth from the network's bridge (or, routed, from the host)
+    into a network namespace. `bridge` is "" for a routed endpoint."""
 
     id: str
     netns: str  # path: /run/netns/<name> for namespaces meshnet made, /proc/<pid>/ns/net ...
@@ -98,24 +129,31 @@ class OverlayState:
     fdb: frozenset[Fdb] = field(default_factory=frozenset)
     neigh: frozenset[Neigh] = field(default_factory=frozenset)
     endpoints: frozenset[Endpoint] = field(default_factory=frozenset)
+    routes: frozenset[Route] = field(default_factory=frozenset)
+    filters: frozenset[L3Filter] = field(default_factory=frozenset)  # at most one
+
+
+Item = Bridge | Vxlan | Fdb | Neigh | Endpoint | Route | L3Filter
 
 
 @dataclass(frozen=True)
 class Add:
-    item: Bridge | Vxlan | Fdb | Neigh | Endpoint
+    item: Item
 
 
 @dataclass(frozen=True)
 class Remove:
-    item: Bridge | Vxlan | Fdb | Neigh | Endpoint
+    item: Item
 
 
 Op = Add | Remove
 
 # Removals go leaves first (entries, then endpoints, then devices); additions go the
 # other way, so every op finds what it depends on.
-_REMOVE_ORDER = ("fdb", "neigh", "endpoints", "vxlans", "bridges")
-_ADD_ORDER = ("bridges", "vxlans", "endpoints", "fdb", "neigh")
+# The filter goes first on the way in and last on the way out, so a routed endpoint
+# never forwards without it.
+_REMOVE_ORDER = ("fdb", "neigh", "routes", "endpoints", "vxlans", "bridges", "filters")
+_ADD_ORDER = ("filters", "bridges", "vxlans", "endpoints", "routes", "fdb", "neigh")
 
 
 def diff(current: OverlayState, want: OverlayState) -> list[Op]:
@@ -138,6 +176,8 @@ class NetView:
     id: str
     vni: int
     prefixlen: int
+    subnet: str = ""
+    mode: str = "l2"  # "l3": routed (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -164,8 +204,20 @@ def desired(me: str, transit_mtu: int, transit_ips: dict[str, str], networks: It
     eps = [e for e in endpoints if e.network in nets and e.node in transit_ips]
     local_nets = {e.network for e in eps if e.node == me}
     bridges, vxlans, fdb, neigh, local = set(), set(), set(), set(), set()
+    routes, rules = set(), set()
     for net_id in local_nets:
         net = nets[net_id]
+        if net.mode == "l3":
+            routes.add(Route(net.subnet, transit_if))
+            for e in eps:
+                if e.network == net_id and e.node == me:
+                    veth = host_veth_name(e.id, routed=True)
+                    local.add(Endpoint(e.id, e.netns, e.owns_netns, veth, e.ifname,
+                                       f"{e.ip}/{net.prefixlen}", e.mac, transit_mtu, ""))
+                    routes.add(Route(f"{e.ip}/32", veth))
+                    neigh.add(Neigh(veth, e.ip, e.mac))
+                    rules.add((veth, e.ip, net.subnet))
+            continue
         br, vx = bridge_name(net.vni), vxlan_name(net.vni)
         bridges.add(Bridge(br, mtu))
         vxlans.add(Vxlan(vx, net.vni, transit_ips[me], mtu, br, VXLAN_PORT, transit_if))
@@ -180,5 +232,19 @@ def desired(me: str, transit_mtu: int, transit_ips: dict[str, str], networks: It
                 fdb.add(Fdb(vx, e.mac, dst))
                 fdb.add(Fdb(vx, ZERO_MAC, dst))
                 neigh.add(Neigh(vx, e.ip, e.mac))
+    filters = {L3Filter(transit_if, tuple(sorted(rules)))} if rules else set()
     return OverlayState(frozenset(bridges), frozenset(vxlans), frozenset(fdb), frozenset(neigh),
-                        frozenset(local))
+                        frozenset(local), frozenset(routes), frozenset(filters))
+
+
+def allowed_ips(transit_ips: dict[str, str], networks: Iterable[NetView],
+                endpoints: Iterable[EndpointView]) -> dict[str, list[str]]:
+    """Per active node, the addresses of its endpoints on routed networks: WireGuard
+    must accept them from that node's peer and send them to it (VXLAN needs none of
+    this: its packets carry only transit addresses)."""
+    routed = {n.id for n in networks if n.mode == "l3"}
+    out: dict[str, list[str]] = {}
+    for e in endpoints:
+        if e.network in routed and e.node in transit_ips:
+            out.setdefault(e.node, []).append(f"{e.ip}/32")
+    return out

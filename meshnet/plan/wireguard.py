@@ -65,17 +65,20 @@ class PeerNode(NodeLike):
 
 
 def desired(me_id: str, private_key: str, listen_port: int, nodes: Iterable[PeerNode],
-            endpoints: dict[str, str] | None = None) -> Device:
-    """A peer for every other active member, allowed only its own transit address.
+            endpoints: dict[str, str] | None = None,
+            routed: dict[str, list[str]] | None = None) -> Device:
+    """A peer for every other active member, allowed its own transit address and the
+    addresses of its endpoints on routed networks (`routed`, by node id).
     `endpoints` overrides a member's stored underlay endpoint (found again by mDNS after
     its address changed)."""
     peers = {}
-    endpoints = endpoints or {}
+    endpoints, routed = endpoints or {}, routed or {}
     for n in active(nodes):
         if n.id == me_id:
             continue
         host = ipaddress.ip_address(n.transit_ip)
-        peers[n.wg_pub] = Peer(n.wg_pub, endpoints.get(n.id, n.endpoint), (f"{host}/{host.max_prefixlen}",))
+        allowed = sorted({f"{host}/{host.max_prefixlen}", *routed.get(n.id, ())})
+        peers[n.wg_pub] = Peer(n.wg_pub, endpoints.get(n.id, n.endpoint), tuple(allowed))
     return Device(private_key, listen_port, peers)
 
 

@@ -61,6 +61,11 @@ class Network(Replicated, Base):
     vni: Mapped[int] = mapped_column(BigInteger)
     labels: Mapped[dict] = mapped_column(JSON, default=dict)
     created: Mapped[int] = mapped_column(BigInteger)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)  # driver options: {"mode": "l3"}
+
+    @property
+    def mode(self) -> str:
+        return (self.options or {}).get("mode", "l2")
 
 
 class Endpoint(Replicated, Base):

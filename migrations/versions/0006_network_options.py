@@ -1,0 +1,24 @@
+"""network options (driver options such as mode=l3)
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-26
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("networks") as batch:
+        batch.add_column(sa.Column("options", sa.JSON(), nullable=False, server_default="{}"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("networks") as batch:
+        batch.drop_column("options")
