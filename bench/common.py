@@ -11,6 +11,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from meshnet.config import NEWER_WIREGUARD_GO
 from meshnet.lab import Lab
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -47,6 +48,9 @@ def machine() -> str:
 
     wg = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "wireguard-go"], capture_output=True,
                         text=True).stdout or "?"
+    newer = Path(f"{NEWER_WIREGUARD_GO}.version")
+    if newer.exists():  # the agents run this one unless told otherwise
+        wg = f"{newer.read_text().strip()} ({NEWER_WIREGUARD_GO}; Debian's package: {wg})"
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, "
@@ -54,7 +58,10 @@ def machine() -> str:
 
 
 def record(title: str, command: str, table: str) -> None:
-    """Append a result section to docs/benchmarks.md (machine, versions, command, table)."""
+    """Append a result section to docs/benchmarks.md (machine, versions, command, table),
+    unless MESHNET_BENCH_NO_RECORD is set (a trial run)."""
+    if os.environ.get("MESHNET_BENCH_NO_RECORD"):
+        return
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmarks\n\nEach section is appended by a command under bench/; "

@@ -5,6 +5,7 @@
   addresses (its own VNI, port and device, removed afterwards);
 - transit: the bare WireGuard tunnel (the same wireguard-go the agent runs);
 - overlay: endpoint to endpoint over a meshnet network (VXLAN inside the tunnel);
+- routed: endpoint to endpoint over a routed (mode=l3) meshnet network;
 - Nebula and tinc 1.0 (switch mode), Debian's packages, each in its own pair of
   namespaces (bench/peers.py), unless --no-peers.
 
@@ -109,23 +110,30 @@ def main() -> None:
         eps = {k: lb.client(k).post("/v1/endpoints", {"network": "bench", "name": f"b{k}"}) for k in (1, 2)}
         inside = {k: [*lb.enter(k), "ip", "netns", "exec", eps[k]["netns"].rsplit("/", 1)[-1]]
                   for k in (1, 2)}
+        lb.client(1).post("/v1/networks", {"name": "benchl3", "options": {"mode": "l3"}})
+        reps = {k: lb.client(k).post("/v1/endpoints", {"network": "benchl3", "name": f"r{k}"})
+                for k in (1, 2)}
+        routed = {k: [*lb.enter(k), "ip", "netns", "exec", reps[k]["netns"].rsplit("/", 1)[-1]]
+                  for k in (1, 2)}
         vx = stack.enter_context(peers.plain_vxlan(lb.enter(1), lb.enter(2), lb.ip(1), lb.ip(2)))
         paths: list[Path_] = [
             ("underlay (LAN, no tunnel)", lb.enter(1), lb.enter(2), lb.ip(2)),
             ("plain VXLAN (no crypto)", lb.enter(1), lb.enter(2), vx),
             ("transit (bare WireGuard)", lb.enter(1), lb.enter(2), nodes["h2"]["transit_ip"]),
             ("meshnet overlay (VXLAN in WireGuard)", inside[1], inside[2], eps[2]["ip"]),
+            ("meshnet routed network (mode=l3)", routed[1], routed[2], reps[2]["ip"]),
         ]
         if not args.no_peers:
             for name, cm in (("Nebula", peers.nebula), ("tinc 1.0 switch mode", peers.tinc)):
                 p = stack.enter_context(cm())
                 paths.append((name, p.enter("a"), p.enter("b"), peers.INNER["b"]))
-        # wait for the overlay to answer before timing it
+        # wait for both networks to answer before timing them
         deadline = time.monotonic() + 30
-        while subprocess.run([*inside[1], "ping", "-c", "1", "-W", "1", eps[2]["ip"]],
-                             capture_output=True).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the overlay does not answer pings")
+        for prefix, dst in ((inside[1], eps[2]["ip"]), (routed[1], reps[2]["ip"])):
+            while subprocess.run([*prefix, "ping", "-c", "1", "-W", "1", dst],
+                                 capture_output=True).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the overlay does not answer pings to {dst}")
         results: dict[str, list[float]] = {name: [] for name, *_ in paths}
         for _ in range(args.runs):
             for name, cli, srv, dst in paths:
@@ -134,6 +142,7 @@ def main() -> None:
             ("underlay (LAN)", lambda: ping_p50(lb.enter(1), lb.ip(2))),
             ("transit (bare WireGuard)", lambda: ping_p50(lb.enter(1), nodes["h2"]["transit_ip"])),
             ("meshnet overlay, endpoint to endpoint", lambda: ping_p50(inside[1], eps[2]["ip"])),
+            ("meshnet routed (l3), endpoint to endpoint", lambda: ping_p50(routed[1], reps[2]["ip"])),
         ]
         latency = {name: fn() for name, fn in pings}
     transit = median(results["transit (bare WireGuard)"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,13 @@ NETWORK_POOL = "10.10.0.0/16"
 # WireGuard adds 60 bytes over IPv4 and 80 over IPv6; take the larger one.
 WIREGUARD_OVERHEAD = 80
 KEEPALIVE = 25
+# A newer wireguard-go that scripts/fetch-wireguard-go installs (Debian 13's, several
+# times faster than Debian 12's); the agent runs it when present, else PATH's.
+NEWER_WIREGUARD_GO = Path("/usr/local/lib/meshnet/wireguard-go")
+
+
+def default_wireguard_go() -> str:
+    return str(NEWER_WIREGUARD_GO) if os.access(NEWER_WIREGUARD_GO, os.X_OK) else "wireguard-go"
 
 
 @dataclass
@@ -29,7 +37,7 @@ class AgentConfig:
     listen_host: str = "0.0.0.0"
     listen_port: int = CONTROL_PORT
     wireguard: str = "auto"  # auto | kernel | userspace
-    wireguard_go: str = "wireguard-go"
+    wireguard_go: str = field(default_factory=default_wireguard_go)
     interface: str = INTERFACE
     wireguard_port: int = WIREGUARD_PORT
     name: str | None = None  # node name; defaults to the hostname

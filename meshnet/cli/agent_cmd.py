@@ -45,7 +45,8 @@ def _check_options(name: str | None, interface: str, socket_group: str | None,
               help="ADDR:PORT of the control listener (join handshake, replication).")
 @click.option("--wireguard", type=click.Choice(["auto", "kernel", "userspace"]), default="auto",
               show_default=True, help="Kernel WireGuard via netlink, or wireguard-go.")
-@click.option("--wireguard-go", "wireguard_go", default="wireguard-go", show_default=True,
+@click.option("--wireguard-go", "wireguard_go", default=config.default_wireguard_go,
+              show_default=f"{config.NEWER_WIREGUARD_GO} if present, else wireguard-go",
               help="The wireguard-go binary for the userspace backend.")
 @click.option("--wireguard-port", type=click.IntRange(1, 65535), default=config.WIREGUARD_PORT,
               show_default=True)

@@ -97,15 +97,15 @@ def test_isolation_spoofing_and_the_host(lab, rnet):
     subnet2 = lab.client(1).get("/v1/networks/rnet2")["IPAM"]["Config"][0]["Subnet"]
     fake = subnet2.rsplit(".", 1)[0] + ".200"
     ns = f"mne-{rnet[1]['id'][:12]}"
-    assert sh(lab, 1, "ip", "netns", "exec", ns, "ip", "addr", "add", f"{fake}/32", "dev", "eth0").returncode == 0
-    assert sh(lab, 1, "ip", "netns", "exec", ns, "ip", "route", "add", subnet2, "dev", "eth0").returncode == 0
+    inside = ("ip", "netns", "exec", ns, "ip")
+    assert sh(lab, 1, *inside, "addr", "add", f"{fake}/32", "dev", "eth0").returncode == 0
+    assert sh(lab, 1, *inside, "route", "add", subnet2, "dev", "eth0").returncode == 0
     assert ep_ping(lab, 1, "r1", other["o2"]["ip"], "-I", fake).returncode != 0
     # Nothing on the host itself answers a routed endpoint (its transit address included).
     transit = lab.client(1).get("/v1/status")["transit_ip"]
-    assert sh(lab, 1, "ip", "netns", "exec", ns, "ip", "route", "add", f"{transit}/32", "dev",
-              "eth0").returncode == 0
+    assert sh(lab, 1, *inside, "route", "add", f"{transit}/32", "dev", "eth0").returncode == 0
     assert ep_ping(lab, 1, "r1", transit).returncode != 0
-    sh(lab, 1, "ip", "netns", "exec", ns, "ip", "addr", "del", f"{fake}/32", "dev", "eth0")
+    sh(lab, 1, *inside, "addr", "del", f"{fake}/32", "dev", "eth0")
     assert ep_ping(lab, 1, "r1", rnet[3]["ip"]).returncode == 0  # and it still works
 
 
@@ -156,7 +156,8 @@ def test_remove_leaves_nothing(lab, rnet):
         links = sh(lab, k, "ip", "-o", "link", "show").stdout
         routes = sh(lab, k, "ip", "route", "show", "proto", "109").stdout
         table = sh(lab, k, "nft", "list", "table", "inet", L3_TABLE)
-        return "mnr-" not in links and not routes.strip() and table.returncode != 0 and forwarding(lab, k) == "0"
+        return ("mnr-" not in links and not routes.strip() and table.returncode != 0
+                and forwarding(lab, k) == "0")
     for k in (1, 2, 3):
         wait_for(f"h{k} to drop every routed piece", lambda k=k: clean(k))
 

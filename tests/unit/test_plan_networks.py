@@ -83,3 +83,14 @@ def test_winners_are_the_same_in_any_order():
 def test_equal_created_breaks_ties_by_id():
     a, b = Net("aaa", "x", "10.10.0.0/24", 4097, 5), Net("bbb", "x", "10.10.1.0/24", 4098, 5)
     assert [n.id for n in pn.winners([b, a])[0]] == ["aaa"]
+
+
+def test_options():
+    assert pn.parse_options({}) == {} and pn.parse_options({"mode": "l2"}) == {}
+    assert pn.parse_options({"mode": "l3"}) == {"mode": "l3"}
+    for options, message in (({"mode": "l4"}, "invalid network mode 'l4'"),
+                             ({"vlan": "1"}, "unknown network option 'vlan'")):
+        with pytest.raises(MeshnetError, match=message):
+            pn.parse_options(options)
+    with pytest.raises(MeshnetError, match="need the WireGuard transit"):
+        pn.parse_options({"mode": "l3"}, "ipsec")

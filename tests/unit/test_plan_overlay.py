@@ -54,3 +54,35 @@ def test_diff_orders_and_is_empty_when_equal():
 
 def test_mac_is_derived_from_the_address():
     assert po.mac_for("10.10.0.2") == "02:6d:0a:0a:00:02"
+
+
+ROUTED = [po.NetView("R", 4099, 24, "10.10.2.0/24", "l3"), po.NetView("A", 4097, 24, "10.10.0.0/24")]
+
+
+def test_routed_network_has_routes_not_vxlan():
+    eps = [ep("e1", "R", "n1", "10.10.2.2"), ep("e2", "R", "n2", "10.10.2.10"),
+           ep("e4", "R", "n1", "10.10.2.3"), ep("e3", "A", "n2", "10.10.0.2")]
+    st = po.desired("n1", 1420, NODES, ROUTED, eps, "mnet0")
+    assert st.bridges == st.vxlans == st.fdb == frozenset()
+    assert {(e.host_veth, e.bridge, e.mtu, e.address) for e in st.endpoints} == {
+        ("mnr-e1", "", 1420, "10.10.2.2/24"), ("mnr-e4", "", 1420, "10.10.2.3/24")}
+    assert st.routes == {po.Route("10.10.2.0/24", "mnet0"), po.Route("10.10.2.2/32", "mnr-e1"),
+                         po.Route("10.10.2.3/32", "mnr-e4")}
+    assert st.neigh == {po.Neigh("mnr-e1", "10.10.2.2", po.mac_for("10.10.2.2")),
+                        po.Neigh("mnr-e4", "10.10.2.3", po.mac_for("10.10.2.3"))}
+    assert st.filters == {po.L3Filter("mnet0", (("mnr-e1", "10.10.2.2", "10.10.2.0/24"),
+                                                ("mnr-e4", "10.10.2.3", "10.10.2.0/24")))}
+    # Nodes with no routed endpoint of their own get nothing, but everyone allows the
+    # addresses: WireGuard needs them on the peer of the node that hosts them.
+    assert po.desired("n3", 1420, NODES, ROUTED, eps, "mnet0") == po.OverlayState()
+    assert po.allowed_ips(NODES, ROUTED, eps) == {"n1": ["10.10.2.2/32", "10.10.2.3/32"],
+                                                  "n2": ["10.10.2.10/32"]}
+    assert po.allowed_ips({"n1": NODES["n1"]}, ROUTED, eps) == {"n1": ["10.10.2.2/32", "10.10.2.3/32"]}
+
+
+def test_routed_filter_goes_in_first_and_out_last():
+    st = po.desired("n1", 1420, NODES, ROUTED, [ep("e1", "R", "n1", "10.10.2.2")], "mnet0")
+    kinds = [type(op.item).__name__ for op in po.diff(po.OverlayState(), st)]
+    assert kinds[0] == "L3Filter" and kinds.index("Endpoint") < kinds.index("Route")
+    kinds = [type(op.item).__name__ for op in po.diff(st, po.OverlayState())]
+    assert kinds[-1] == "L3Filter" and kinds.index("Route") < kinds.index("Endpoint")

@@ -145,3 +145,11 @@ def test_diff_reaches_any_desired_device(current, target):
             assert have.get(op.peer.public_key) != op.peer
         if isinstance(op, RemovePeer):
             assert op.public_key in have and op.public_key not in target.peers
+
+
+def test_routed_endpoint_addresses_join_their_nodes_allowed_ips():
+    nodes = [N("me", "10.77.0.1", "pk-a", "192.0.2.1:51820"), N("b", "10.77.0.2", "pk-b", "192.0.2.2:51820")]
+    dev = desired("me", "priv", 51820, nodes, None, {"b": ["10.10.2.9/32", "10.10.2.10/32"],
+                                                      "me": ["10.10.2.2/32"]})
+    assert dev.peers["pk-b"].allowed_ips == ("10.10.2.10/32", "10.10.2.9/32", "10.77.0.2/32")
+    assert "pk-a" not in dev.peers
