@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -59,6 +60,28 @@ class Store:
         self.engine = create_engine(self.url)
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads are answered from memory until the next write: the agent asks for the same
+        # members and rows on every request, push and reconcile, and only it writes here.
+        # Entries carry the generation they were read at; a write bumps it after committing.
+        self.generation = 0
+        self._cache: dict = {}
+        self._cache_lock = threading.Lock()
+
+    def _cached(self, key, load):
+        gen = self.generation
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+        value = load()
+        with self._cache_lock:
+            if self.generation == gen:  # not if a write landed while we were reading
+                self._cache[key] = (gen, value)
+        return value
+
+    def _written(self) -> None:
+        with self._cache_lock:
+            self.generation += 1
+            self._cache.clear()
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration; a store already there is left alone
@@ -80,20 +103,28 @@ class Store:
     # -- cluster --------------------------------------------------------------------
 
     def cluster(self) -> Cluster | None:
-        with self.session() as s:
-            return s.scalars(select(Cluster)).first()
+        def load():
+            with self.session() as s:
+                return s.scalars(select(Cluster)).first()
+        return self._cached("cluster", load)
 
     def save_cluster(self, cluster: Cluster) -> None:
-        with self.session.begin() as s:
-            s.execute(delete(Cluster))
-            s.add(cluster)
+        try:
+            with self.session.begin() as s:
+                s.execute(delete(Cluster))
+                s.add(cluster)
+        finally:
+            self._written()
 
     def forget_cluster(self) -> None:
         """Drop the membership and every replicated row (keys stay: a node may join again)."""
-        with self.session.begin() as s:
-            for model in MODELS.values():
-                s.execute(delete(model))
-            s.execute(delete(Cluster))
+        try:
+            with self.session.begin() as s:
+                for model in MODELS.values():
+                    s.execute(delete(model))
+                s.execute(delete(Cluster))
+        finally:
+            self._written()
 
     # -- replicated rows ------------------------------------------------------------
 
@@ -104,56 +135,64 @@ class Store:
 
     def nodes(self, include_deleted: bool = False) -> list[Node]:
         """Members; without include_deleted, revoked nodes are left out too, so nothing
-        (peers, placement, IPAM, endpoints) counts them any more."""
-        with self.session() as s:
-            q = select(Node).order_by(Node.name, Node.id)
-            if not include_deleted:
-                revoked = select(Revocation.id).where(Revocation.deleted.is_(False))
-                q = q.where(Node.deleted.is_(False), Node.id.not_in(revoked))
-            return list(s.scalars(q))
+        (peers, placement, IPAM, endpoints) counts them any more.
+
+        Answered from memory between writes: the objects are shared, read them only."""
+        def load():
+            with self.session() as s:
+                q = select(Node).order_by(Node.name, Node.id)
+                if not include_deleted:
+                    revoked = select(Revocation.id).where(Revocation.deleted.is_(False))
+                    q = q.where(Node.deleted.is_(False), Node.id.not_in(revoked))
+                return list(s.scalars(q))
+        return list(self._cached(("nodes", include_deleted), load))
 
     def revoked(self, node_id: str) -> bool:
-        with self.session() as s:
-            r = s.get(Revocation, node_id)
-            return r is not None and not r.deleted
+        r = self._by_id(Revocation).get(node_id)
+        return r is not None and not r.deleted
 
     def node(self, node_id: str) -> Node | None:
-        with self.session() as s:
-            return s.get(Node, node_id)
+        return self._by_id(Node).get(node_id)
+
+    def _by_id(self, model: type) -> dict:
+        return self._cached(("by_id", model), lambda: {o.id: o for o in self.objects(model, True)})
 
     def objects(self, model: type, include_deleted: bool = False) -> list:
-        """Every row of one kind, as detached ORM objects, oldest version first."""
-        with self.session() as s:
-            q = select(model).order_by(model.version, model.id)
-            if not include_deleted:
-                q = q.where(model.deleted.is_(False))
-            return list(s.scalars(q))
+        """Every row of one kind, as detached ORM objects (shared: read them only), oldest
+        version first."""
+        def load():
+            with self.session() as s:
+                q = select(model).order_by(model.version, model.id)
+                if not include_deleted:
+                    q = q.where(model.deleted.is_(False))
+                return list(s.scalars(q))
+        return list(self._cached(("objects", model, include_deleted), load))
 
     def get(self, model: type, row_id: str):
-        with self.session() as s:
-            return s.get(model, row_id)
+        return self._by_id(model).get(row_id)
 
     def rows(self, owners: set[str] | None = None) -> list[Row]:
         """Every replicated row (tombstones included), node rows first, for sending."""
-        out: list[Row] = []
-        with self.session() as s:
+        def load():
+            out: list[Row] = []
             for model in MODELS.values():
-                q = select(model)
-                if owners is not None:
-                    q = q.where(model.owner.in_(owners))
-                out.extend(self._to_row(o) for o in s.scalars(q))
-        return out
+                out.extend(self._to_row(o) for o in self.objects(model, include_deleted=True))
+            return out
+        every = self._cached("rows", load)
+        return list(every) if owners is None else [r for r in every if r.owner in owners]
 
     def max_version(self) -> int:
         return max((r.version for r in self.rows()), default=0)
 
     def digest(self) -> dict[str, str]:
         """Per owner, a hash of the (kind, id, version) set: equal hashes, equal rows."""
-        per_owner: dict[str, list[str]] = defaultdict(list)
-        for r in self.rows():
-            per_owner[r.owner].append(f"{r.kind}/{r.id}/{r.version}")
-        return {o: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest()[:16]
-                for o, v in per_owner.items()}
+        def load():
+            per_owner: dict[str, list[str]] = defaultdict(list)
+            for r in self.rows():
+                per_owner[r.owner].append(f"{r.kind}/{r.id}/{r.version}")
+            return {o: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest()[:16]
+                    for o, v in per_owner.items()}
+        return dict(self._cached("digest", load))
 
     def merge(self, rows: list[Row]) -> tuple[list[tuple[Row, Outcome]], list[str]]:
         """Apply rows that win the merge rule, in one transaction.
@@ -163,7 +202,23 @@ class Store:
         changed: list[tuple[Row, Outcome]] = []
         refused: list[str] = []
         now = time.time()
-        ordered = sorted(rows, key=lambda r: (r.kind != "node", r.version))
+        # Rows we already hold (most of a push or an anti-entropy answer) need no
+        # transaction: the merge rule ignores them.
+        ordered = sorted((r for r in rows if r.kind not in MODELS or not self._known(r)),
+                         key=lambda r: (r.kind != "node", r.version))
+        if not ordered:
+            return changed, refused
+        try:
+            return self._merge(ordered, now, changed, refused)
+        finally:
+            if changed:
+                self._written()
+
+    def _known(self, row: Row) -> bool:
+        existing = self._by_id(MODELS[row.kind]).get(row.id)
+        return existing is not None and newer(row, self._to_row(existing)) is Outcome.IGNORED
+
+    def _merge(self, ordered, now, changed, refused):
         with self.session.begin() as s:
             for row in ordered:
                 model = MODELS[row.kind]

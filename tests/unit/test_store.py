@@ -145,6 +145,52 @@ def test_rows_filtered_by_owner(store):
     assert store.rows(set()) == []
 
 
+# -- reads answered from memory until the next write ------------------------------
+
+def test_reads_follow_every_kind_of_write(store):
+    a, b = make_keys(), make_keys()
+    assert (store.nodes(), store.cluster(), store.digest()) == ([], None, {})
+    store.merge([node_row(a, 10)])
+    assert [n.id for n in store.nodes()] == [a.node_id]
+    d1 = store.digest()
+    store.merge([node_row(a, 11, transit_ip="10.77.0.5"), node_row(b, 10)])
+    assert store.node(a.node_id).transit_ip == "10.77.0.5"
+    assert {n.id for n in store.nodes()} == {a.node_id, b.node_id}
+    assert store.digest() != d1 and store.max_version() == 11
+    store.save_cluster(Cluster(id="aa", secret_hash="h", created=1.0, settings={}))
+    assert store.cluster().id == "aa"
+    store.forget_cluster()
+    assert (store.nodes(), store.cluster(), store.rows()) == ([], None, [])
+
+
+def test_callers_cannot_spoil_the_cached_lists(store):
+    keys = make_keys()
+    store.merge([node_row(keys, 10)])
+    store.nodes().clear()
+    store.rows().clear()
+    store.digest().clear()
+    assert len(store.nodes()) == 1 and len(store.rows()) == 1 and len(store.digest()) == 1
+
+
+def test_rows_already_held_need_no_transaction(store):
+    keys = make_keys()
+    row = node_row(keys, 10)
+    store.merge([row])
+    gen = store.generation
+    assert store.merge([row, row]) == ([], [])
+    assert store.generation == gen  # nothing written, the cache stays valid
+
+
+def test_a_read_racing_a_write_is_not_cached(store):
+    """A read that started before a write must not be kept as the answer after it."""
+    keys = make_keys()
+    stale = store._cached("nodes-test", lambda: (store._written(), "stale")[1])
+    assert stale == "stale"
+    assert store._cached("nodes-test", lambda: "fresh") == "fresh"
+    store.merge([node_row(keys, 10)])
+    assert [n.id for n in store.nodes()] == [keys.node_id]
+
+
 def test_state_survives_reopen(store):
     keys = make_keys()
     row = node_row(keys, 10, labels={"zone": "b", "n": [1, 2]})
