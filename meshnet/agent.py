@@ -19,12 +19,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from meshnet import doctor as host_checks
 from meshnet import join as handshake
+from meshnet.api.peer import PeerClient, PeerError
 from meshnet.config import WIREGUARD_OVERHEAD, AgentConfig
 from meshnet.discovery import Advertiser, parse_addr
 from meshnet.dns.server import Resolver
@@ -54,6 +54,10 @@ from meshnet.token import JoinToken, cluster_tag
 log = logging.getLogger("meshnet.agent")
 
 PEER_TIMEOUT = 3.0
+# A row change applies only what it changes (see _reconcile_sync); every REPAIR_INTERVAL
+# the whole kernel state is read back and repaired (hand damage, a flushed ruleset).
+# A missing tunnel interface is noticed on every pass, within reconcile_interval.
+REPAIR_INTERVAL = 30.0
 
 
 class Agent(Membership, Replication):
@@ -69,9 +73,12 @@ class Agent(Membership, Replication):
         self.name = cfg.name or socket.gethostname()
         self._host_lock = asyncio.Lock()
         self.changed = asyncio.Event()
+        self.names_changed = asyncio.Event()  # DNS views and VIPs are due (_names_loop)
+        self._applied: dict[str, object] = {}  # part of the kernel pass -> desired state applied
+        self._last_full = 0.0  # monotonic time of the last full kernel pass
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self._http: httpx.AsyncClient | None = None
+        self._http: PeerClient | None = None
         self.transit_mtu: int | None = None
         self.overlay = Overlay(self)
         self.liveness = SwimTransport(self.node_id, cfg.listen_port, cfg.interface, self._member_event)
@@ -139,6 +146,7 @@ class Agent(Membership, Replication):
             self._sync_members()
         if changed:
             self.changed.set()
+            self.names_changed.set()
         return [r for r, _ in changed]
 
     def problem(self, message: str) -> None:
@@ -171,7 +179,7 @@ class Agent(Membership, Replication):
             try:
                 r = await self._http.get(self._peer_url(n, "/peer/v1/ping"), timeout=2.0)
                 theirs = r.json().get("time")
-            except (httpx.HTTPError, ValueError, AttributeError):
+            except (PeerError, ValueError, AttributeError):
                 return None
             t1 = time.time()
             return (n.name, theirs - (t0 + t1) / 2) if isinstance(theirs, (int, float)) else None
@@ -191,7 +199,7 @@ class Agent(Membership, Replication):
                 raise
             raise _corrupt_store(self.cfg.state_dir / "meshnet.db", e) from None
         self.hlc.observe(self.store.max_version())
-        self._http = httpx.AsyncClient(timeout=PEER_TIMEOUT)
+        self._http = PeerClient(timeout=PEER_TIMEOUT)
         # Not loop.add_signal_handler: it routes signals through a wakeup fd that children
         # forked without exec (pyroute2 forks one per namespace it enters) share with us,
         # so a signal to such a child would stop the agent. Check the pid instead.
@@ -235,6 +243,7 @@ class Agent(Membership, Replication):
         if self.cluster() is not None:
             await self._come_up()
         self._spawn(self._reconcile_loop())
+        self._spawn(self._names_loop())
         self._spawn(self._anti_entropy_loop())
         self._spawn(self.liveness.run())
         self._spawn(self._rediscover_loop())
@@ -284,13 +293,26 @@ class Agent(Membership, Replication):
 
     # -- transit reconcile --------------------------------------------------------------
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, full: bool = False) -> None:
+        """The kernel pass: `full` reads every part back and repairs it; otherwise only the
+        parts whose desired state changed since they were last applied."""
         async with self._host_lock:
-            await asyncio.to_thread(self._reconcile_sync)
+            await asyncio.to_thread(self._reconcile_sync, full)
+        self.names_changed.set()  # new endpoint namespaces get their resolver
 
-    def _reconcile_sync(self) -> None:
+    def _tunnel_present(self, ifname: str) -> bool:
+        """Cheap: the interface exists (an ioctl, no netlink dump, no UAPI round trip)."""
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            return False
+        uapi = getattr(self.backend, "uapi_dir", None)  # wireguard-go: its socket too
+        return uapi is None or (uapi / f"{ifname}.sock").exists()
+
+    def _reconcile_sync(self, full: bool = True) -> None:
         cluster, me = self.cluster(), self.me()
         if cluster is None or me is None or me.state != "active":
+            self._applied.clear()  # a later membership starts with a full pass
             return
         if self.backend is None and cluster.settings.get("encryption") == "ipsec":
             self.backend = IpsecTransit(parse_addr(me.endpoint)[0], me.transit_ip)  # docs/ipsec.md
@@ -302,31 +324,48 @@ class Agent(Membership, Replication):
                                   self.cfg.state_dir / "wireguard-go.log")
             log.info("WireGuard backend: %s", self.backend.name)
         ifname = self.cfg.interface
-        if not self.backend.exists(ifname):
-            self.backend.create(ifname)
-        current, _ = self.backend.read(ifname)
+        applied = self._applied
+        full = full or not applied or not self._tunnel_present(ifname)
+        if full:
+            applied.clear()
+            if not self.backend.exists(ifname):
+                self.backend.create(ifname)
         want = desired(self.node_id, self.keys.wireguard_private, self.cfg.wireguard_port,
                        self.store.nodes(), self.found_endpoints, self.overlay.allowed_ips())
-        ops = diff(current, want)
-        if ops:
-            log.info("WireGuard %s: %d change(s): %s", ifname, len(ops),
-                     ", ".join(type(o).__name__ for o in ops))
-            self.backend.apply(ifname, ops)
+        # IPsec SAs follow the clock (epochs, grace), so that transit is read on every pass.
+        if want != applied.get("transit") or isinstance(self.backend, IpsecTransit):
+            current, stats = self.backend.read(ifname)
+            ops = diff(current, want)
+            if ops:
+                log.info("WireGuard %s: %d change(s): %s", ifname, len(ops),
+                         ", ".join(type(o).__name__ for o in ops))
+                self.backend.apply(ifname, ops)
+                _, stats = self.backend.read(ifname)
+            self.stats = {s.public_key: s for s in stats}
+            applied["transit"] = want
         prefix = ipaddress.ip_network(cluster.settings["transit_cidr"]).prefixlen
         underlay_ip, _ = parse_addr(me.endpoint)
-        _, underlay_mtu = links.underlay_for(underlay_ip)
-        self.transit_mtu = underlay_mtu - WIREGUARD_OVERHEAD
-        links.ensure_address_mtu_up(ifname, f"{me.transit_ip}/{prefix}", self.transit_mtu)
-        _, stats = self.backend.read(ifname)
-        self.stats = {s.public_key: s for s in stats}
-        # Fail closed first: VXLAN may leave only through the tunnel.
-        if firewall.ensure_vxlan_guard(ifname, VXLAN_PORT) and self._guard_installed:
-            self.problem("the nftables VXLAN guard was missing or altered; it has been restored")
-        self._guard_installed = True
-        ops = host_overlay.ensure(self.overlay.desired(self.transit_mtu))
-        if ops:
-            log.info("overlay: %d change(s): %s", len(ops), ", ".join(
-                f"{type(o).__name__} {type(o.item).__name__}" for o in ops[:8]))
+        link = (me.transit_ip, prefix, underlay_ip)
+        if link != applied.get("link") or self.transit_mtu is None:
+            _, underlay_mtu = links.underlay_for(underlay_ip)
+            self.transit_mtu = underlay_mtu - WIREGUARD_OVERHEAD
+            links.ensure_address_mtu_up(ifname, f"{me.transit_ip}/{prefix}", self.transit_mtu)
+            applied["link"] = link
+        if "guard" not in applied:
+            # Fail closed first: VXLAN may leave only through the tunnel.
+            if firewall.ensure_vxlan_guard(ifname, VXLAN_PORT) and self._guard_installed:
+                self.problem("the nftables VXLAN guard was missing or altered; it has been restored")
+            self._guard_installed = True
+            applied["guard"] = True
+        overlay = self.overlay.desired(self.transit_mtu)
+        if overlay != applied.get("overlay"):
+            ops = host_overlay.ensure(overlay)
+            if ops:
+                log.info("overlay: %d change(s): %s", len(ops), ", ".join(
+                    f"{type(o).__name__} {type(o.item).__name__}" for o in ops[:8]))
+            applied["overlay"] = overlay
+        if full:
+            self._last_full = time.monotonic()
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -340,19 +379,31 @@ class Agent(Membership, Replication):
                 member = self.cluster() is not None and self.me() is not None
                 if member:
                     await self.overlay.tidy()
-                    # Names first: they only need the rows, not the kernel pass below, so a
-                    # scale or a death reaches DNS and the VIPs a second or two sooner.
-                    await self._reconcile_names()
-                await self.reconcile()
+                # DNS views follow the rows on their own (_names_loop), without waiting for
+                # this kernel pass; the pass reads the kernel back only for what changed,
+                # and all of it every REPAIR_INTERVAL.
+                await self.reconcile(full=time.monotonic() - self._last_full >= REPAIR_INTERVAL)
                 if member:
                     await self.supervisor.reconcile()
-                    await self._reconcile_names()
             except MeshnetError as e:
                 log.error("reconcile failed: %s", e)
                 self.events.add("reconcile-error", f"reconcile failed: {e}", level="error")
             except Exception as e:
                 log.exception("reconcile failed")
                 self.events.add("reconcile-error", f"reconcile failed: {type(e).__name__}: {e}",
+                                level="error")
+
+    async def _names_loop(self) -> None:
+        """DNS views and VIP backends, as soon as a row or a member's health changed."""
+        while True:
+            await self.names_changed.wait()
+            self.names_changed.clear()
+            try:
+                if self.cluster() is not None and self.me() is not None:
+                    await self._reconcile_names()
+            except Exception as e:
+                log.exception("DNS views failed")
+                self.events.add("reconcile-error", f"DNS views failed: {type(e).__name__}: {e}",
                                 level="error")
 
     async def _reconcile_names(self) -> None:
@@ -391,6 +442,7 @@ class Agent(Membership, Replication):
         name = next((n.name for n in self.store.nodes(include_deleted=True) if n.id == e.node), e.node)
         self.events.add("member-" + str(e.status), f"{name} is {e.status}")
         self.changed.set()
+        self.names_changed.set()
 
     async def _resolve_transit_clash(self) -> None:
         cluster, me = self.cluster(), self.me()
@@ -477,7 +529,6 @@ def _check_store(path: Path) -> None:
 
 def run(cfg: AgentConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     Path(cfg.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     _check_store(Path(cfg.state_dir) / "meshnet.db")
     asyncio.run(Agent(cfg).run())

@@ -13,10 +13,10 @@ import logging
 import os
 import time
 
-import httpx
 from nacl.public import PrivateKey
 
 from meshnet import join as handshake
+from meshnet.api.peer import PeerError
 from meshnet.discovery import browse, find_members, parse_addr
 from meshnet.errors import Conflict, HostError, JoinRefused, MeshnetError, NotFound, NotMember
 from meshnet.host import links
@@ -214,8 +214,7 @@ class Membership:
     async def _exchange(self, host: str, port: int, token: JoinToken, kind: str, payload: dict) -> dict:
         req = handshake.seal_request(token, kind, payload)
         url = f"http://{host}:{port}/join/v1"
-        async with httpx.AsyncClient(timeout=10) as client:
-            resp = await client.post(url, json=req.envelope)
+        resp = await self._http.post(url, json=req.envelope, timeout=10)
         if resp.status_code == 403:
             raise JoinRefused(f"join refused by {host}:{port}: {resp.json().get('error')}")
         if resp.status_code != 200:
@@ -240,7 +239,7 @@ class Membership:
         for host, port in candidates:
             try:
                 return await self._join_via(token, host, port, ip)
-            except (httpx.HTTPError, OSError) as e:
+            except (PeerError, OSError) as e:
                 errors.append(f"{host}:{port}: {e or type(e).__name__}")
         raise MeshnetError("could not reach a member: " + "; ".join(errors))
 
@@ -340,7 +339,7 @@ class Membership:
             try:
                 r = await self._http.post(self._peer_url(node, "/peer/v1/labels"),
                                           json={"add": add, "remove": remove})
-            except httpx.HTTPError as e:
+            except PeerError as e:
                 raise MeshnetError(f"could not reach {node.name} to change its labels: {e}") from None
             if r.status_code != 200:
                 raise MeshnetError(f"{node.name} refused the label change: {r.text[:200]}")

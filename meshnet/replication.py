@@ -10,8 +10,7 @@ import asyncio
 import logging
 import random
 
-import httpx
-
+from meshnet.api.peer import PeerError
 from meshnet.discovery import parse_addr
 from meshnet.plan import transit
 from meshnet.rows import Row
@@ -53,7 +52,7 @@ class Replication:
                 resp = await self._http.post(self._peer_url(n, "/peer/v1/rows"), json=body)
                 reply = resp.json()
                 return reply if isinstance(reply, dict) else None
-            except (httpx.HTTPError, ValueError) as e:
+            except (PeerError, ValueError) as e:
                 log.debug("push to %s failed: %s", n.name, e)
                 return None
 
@@ -69,7 +68,7 @@ class Replication:
             if peers:
                 try:
                     await self.sync_with(random.choice(peers))
-                except (httpx.HTTPError, ValueError) as e:
+                except (PeerError, ValueError) as e:
                     log.debug("anti-entropy failed: %s", e)
                 except Exception:  # never let one bad exchange end the loop
                     log.exception("anti-entropy failed")
@@ -113,7 +112,7 @@ class Replication:
                 r = await self._http.post(self._peer_url(n, "/peer/v1/logs"), json={
                     "service": s.id, "tail": tail, "offsets": mine(n.name)})
                 return r.json().get("logs", []) if r.status_code == 200 else []
-            except (httpx.HTTPError, ValueError):
+            except (PeerError, ValueError):
                 return [{"task": "?", "node": n.name, "size": 0, "lines": [], "error": "unreachable"}]
 
         remote = await asyncio.gather(*(one(n) for n in self.peers()))

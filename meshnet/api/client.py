@@ -1,10 +1,11 @@
-"""The CLI's only door to the agent: httpx over the agent's unix socket."""
+"""The CLI's only door to the agent: httpx over the agent's unix socket.
+
+httpx is imported on first use: the agent process loads the CLI's modules too (it is
+started as `meshnet agent`) and talks to its peers with aiohttp (api/peer.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import httpx
 
 from meshnet.config import SOCKET_PATH
 from meshnet.errors import AgentUnavailable, MeshnetError
@@ -12,12 +13,16 @@ from meshnet.errors import AgentUnavailable, MeshnetError
 
 class Client:
     def __init__(self, socket_path: Path = SOCKET_PATH, timeout: float = 60) -> None:
+        import httpx
+
         self.socket_path = socket_path
         self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)),
                                   base_url="http://meshnet", timeout=timeout)
 
     def _call(self, method: str, path: str, body: dict | None = None,
               params: dict | None = None) -> dict:
+        import httpx
+
         try:
             resp = self._http.request(method, path, json=body, params=params)
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError):
