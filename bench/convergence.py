@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=6, help="seconds a partition lasts")
     ap.add_argument("--plot", action="store_true")
     args = ap.parse_args()
-    with lab(5, "bc") as lb:
+    with lab(5, "mnfc") as lb:
         token = lb.form_cluster([1, 2, 3, 4])
         lb.client(1).post("/v1/networks", {"name": "conv"})
         eps = {k: lb.client(k).post("/v1/endpoints", {"network": "conv", "name": f"probe{k}"})

@@ -193,15 +193,17 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=20)
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--profile", type=Path, help="directory for py-spy raw profiles of h2's agent")
+    ap.add_argument("--phases", default="idle,churn", help="which windows to run (idle, churn or both)")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
+    phases = [p for p in ("idle", "churn") if p in a.phases.split(",")]
     rows: list[tuple[int, str, dict]] = []
     notes: list[str] = []
     setup: dict[int, float] = {}
     for n in sizes:
         before = overflow_count()
         t = time.monotonic()
-        with lab(n, "bf") as lb:
+        with lab(n, "mnff") as lb:
             lb.form_cluster()
             lb.client(1).post("/v1/networks", {"name": "fp"})
             lb.client(1).post("/v1/services", {"name": "fp", "networks": ["fp"], "replicas": n,
@@ -210,12 +212,12 @@ def main() -> None:
                  lambda lb=lb, n=n: len({t["node"] for t in running(lb, 1, "fp")}) == n, 180)
             setup[n] = time.monotonic() - t
             time.sleep(5)  # let the joins' anti-entropy and handshakes settle
-            rows.append((n, "idle", window(lb, a.window, False, n)))
-            prof = None
-            if a.profile:
-                a.profile.mkdir(parents=True, exist_ok=True)
-                prof = a.profile / f"agent-h2-churn-{n}hosts.txt"
-            rows.append((n, "churn", window(lb, a.window, True, n, prof)))
+            for phase in phases:
+                prof = None
+                if a.profile:
+                    a.profile.mkdir(parents=True, exist_ok=True)
+                    prof = a.profile / f"agent-h2-{phase}-{n}hosts.txt"
+                rows.append((n, phase, window(lb, a.window, phase == "churn", n, prof)))
             wait("the service back to one task per host",
                  lambda lb=lb, n=n: len({t["node"] for t in running(lb, 1, "fp")}) == n, 120)
             if n == max(sizes):
@@ -239,7 +241,7 @@ def main() -> None:
     table += f"\n\nWindow {a.window:g} s; lab build + cluster + service: " + ", ".join(
         f"{n} hosts {s:.0f} s" for n, s in setup.items())
     if a.profile:
-        table += ("\n\npy-spy (--nonblocking, 50 Hz) sampled h2's agent during each churn window; "
+        table += ("\n\npy-spy (--nonblocking, 50 Hz) sampled h2's agent during each window; "
                   "its own CPU is not counted in the agent's.")
     if notes:
         table += (f"\n\nChecks on the {max(sizes)}-host lab:\n\n"
@@ -251,7 +253,8 @@ def main() -> None:
         table += "\n\n![footprint](img/footprint.png)"
     print(table)
     cmd = (f"python -m bench.footprint --sizes {a.sizes} --window {a.window:g}"
-           + (" --plot" if a.plot else "") + (" --profile DIR" if a.profile else ""))
+           + (" --plot" if a.plot else "") + (" --profile DIR" if a.profile else "")
+           + (f" --phases {a.phases}" if phases != ["idle", "churn"] else ""))
     record("Agent footprint", cmd, table)
     big = max(sizes)
     if big >= 20:
