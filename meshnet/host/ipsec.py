@@ -324,6 +324,12 @@ class IpsecTransit:
             elif isinstance(op, RemovePeer):
                 self._peers.pop(op.public_key, None)
             elif isinstance(op, SetPeer):
+                # A transit address is one peer's: a new public key for it replaces the old
+                # one even without a RemovePeer (read hides a peer whose SAs are not right,
+                # so diff cannot ask to remove it).
+                for pub, p in list(self._peers.items()):
+                    if pub != op.peer.public_key and p.allowed_ips[:1] == op.peer.allowed_ips[:1]:
+                        del self._peers[pub]
                 self._peers[op.peer.public_key] = op.peer
         self.sync()
 
@@ -349,6 +355,8 @@ class IpsecTransit:
         # Inbound SAs first, so a peer that already sends on its new SA is understood; then
         # the new outbound SAs, unused until the out policy names them (the switch, below).
         for sa in [sa for pl in expected for sa in pl.inbound] + [pl.out for pl in expected]:
+            if (sa.dst, sa.spi) in keep_states:
+                continue
             keep_states.add((sa.dst, sa.spi))
             have = states.get((sa.dst, sa.spi))
             if _state_ok(have, sa) and (sa.dst, sa.spi) not in self._stuck:
