@@ -62,7 +62,7 @@ def parse_options(options: dict, encryption: str = "wireguard") -> dict[str, str
     out: dict[str, str] = {}
     for key, value in options.items():
         if key != "mode":
-            raise MeshnetError(f"unknown network option {key!r}: the only option is mode=l2|l3")
+            raise MeshnetError(f"unknown network option {key!r}: the only option is mode (l2 or l3)")
         if value not in NETWORK_MODES:
             raise MeshnetError(f"invalid network mode {value!r}: l2 (bridged, the default) or l3 (routed)")
         if value == "l3" and encryption != "wireguard":

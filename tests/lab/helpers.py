@@ -98,3 +98,21 @@ SOURCE = ("import hashlib,random,socket,sys,time;r=random.Random(7);h=hashlib.sh
           "for _ in range(int(sys.argv[3])):\n b=r.randbytes(1<<16);c.sendall(b);h.update(b);n+=len(b)\n"
           " time.sleep(float(sys.argv[4]))\n"
           "c.close();print(n,h.hexdigest(),flush=True)")
+
+
+def bulk_transfer(lab: Lab, a: int, src_ep: str, b: int, dst_ep: str, dst_ip: str, port: int,
+                  chunks: int = 256) -> None:
+    """Send `chunks` x 64 KiB from endpoint `src_ep` on host a to `dst_ep` on host b, and
+    check that every byte arrived intact (count and SHA-256 on both ends)."""
+    sink = subprocess.Popen([*lab.enter(b), *MESHNET, "exec", dst_ep, "--", "python3", "-c",
+                             SINK, "0.0.0.0", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        sent = subprocess.run([*lab.enter(a), *MESHNET, "exec", src_ep, "--", "python3", "-c", SOURCE,
+                               dst_ip, str(port), str(chunks), "0"], capture_output=True, text=True,
+                              timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        got, _ = sink.communicate(timeout=60)
+    finally:
+        sink.kill()
+    assert got.split() == sent.stdout.split() and int(got.split()[0]) == chunks << 16

@@ -12,7 +12,14 @@ import pytest
 from meshnet.lab import Lab
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab, unique_name
-from tests.lab.helpers import MESHNET, SINK, SOURCE, between_hosts, capture, meshnet, read_pcap, sh
+from tests.lab.helpers import (
+    between_hosts,
+    bulk_transfer,
+    capture,
+    meshnet,
+    read_pcap,
+    sh,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +97,7 @@ def test_every_pair_pings_and_moves_bulk_data(lab, appnet):
         wait_for(f"web{a} to ping web{b}",
                  lambda a=a, b=b: ep_ping(lab, a, f"web{a}", appnet[b]["ip"]).returncode == 0)
     for a, b in ((1, 2), (2, 3), (3, 1)):
-        sink = subprocess.Popen([*lab.enter(b), *MESHNET, "exec", f"web{b}", "--", "python3", "-c",
-                                 SINK, "0.0.0.0", "5001"], stdout=subprocess.PIPE, text=True)
-        try:
-            assert sink.stdout.readline().strip() == "ready"
-            sent = ep_exec(lab, a, f"web{a}", "python3", "-c", SOURCE, appnet[b]["ip"], "5001", "256", "0")
-            assert sent.returncode == 0, sent.stderr
-            got, _ = sink.communicate(timeout=60)
-        finally:
-            sink.kill()
-        assert got.split() == sent.stdout.split()  # 16 MiB arrived intact
-        assert int(got.split()[0]) == 16 << 20
+        bulk_transfer(lab, a, f"web{a}", b, f"web{b}", appnet[b]["ip"], 5001)  # 16 MiB intact
 
 
 def test_mtu_edge(lab, appnet):

@@ -14,7 +14,7 @@ from meshnet.lab import Lab
 from meshnet.plan.overlay import L3Filter
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab, unique_name
-from tests.lab.helpers import MESHNET, SINK, SOURCE, between_hosts, capture, meshnet, read_pcap, sh
+from tests.lab.helpers import between_hosts, bulk_transfer, capture, meshnet, read_pcap, sh
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +61,7 @@ def test_routed_pings_bulk_data_and_no_vxlan(lab, rnet):
         assert f"mnr-{rnet[k]['id'][:10]}" in links
         assert forwarding(lab, k) == "1"
     for a, b in ((1, 2), (2, 3), (3, 1)):
-        sink = subprocess.Popen([*lab.enter(b), *MESHNET, "exec", f"r{b}", "--", "python3", "-c",
-                                 SINK, "0.0.0.0", "5002"], stdout=subprocess.PIPE, text=True)
-        try:
-            assert sink.stdout.readline().strip() == "ready"
-            sent = ep_exec(lab, a, f"r{a}", "python3", "-c", SOURCE, rnet[b]["ip"], "5002", "256", "0")
-            assert sent.returncode == 0, sent.stderr
-            got, _ = sink.communicate(timeout=60)
-        finally:
-            sink.kill()
-        assert got.split() == sent.stdout.split() and int(got.split()[0]) == 16 << 20
+        bulk_transfer(lab, a, f"r{a}", b, f"r{b}", rnet[b]["ip"], 5002)
 
 
 def test_mtu_is_the_transit_mtu(lab, rnet):
