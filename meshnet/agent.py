@@ -15,12 +15,12 @@ import os
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy.exc import SQLAlchemyError
 
 from meshnet import doctor as host_checks
 from meshnet import join as handshake
@@ -193,9 +193,7 @@ class Agent(Membership, Replication):
         try:
             await asyncio.to_thread(self.store.upgrade)
         except Exception as e:  # a store we cannot upgrade: one line, not a traceback
-            from alembic.util import CommandError  # imported only when a migration ran
-
-            if not isinstance(e, SQLAlchemyError | CommandError):
+            if not _store_error(e):
                 raise
             raise _corrupt_store(self.cfg.state_dir / "meshnet.db", e) from None
         self.hlc.observe(self.store.max_version())
@@ -505,6 +503,17 @@ class Agent(Membership, Replication):
             "transit_mtu": self.transit_mtu,
             "problems": [m for t, m in self.problems if time.time() - t < 600],
         }
+
+
+def _store_error(e: Exception) -> bool:
+    """sqlite3's errors, or SQLAlchemy's and alembic's when a migration ran (only then are
+    they loaded)."""
+    kinds: list[type] = [sqlite3.Error]
+    if "sqlalchemy.exc" in sys.modules:
+        kinds.append(sys.modules["sqlalchemy.exc"].SQLAlchemyError)
+    if "alembic.util" in sys.modules:
+        kinds.append(sys.modules["alembic.util"].CommandError)
+    return isinstance(e, tuple(kinds))
 
 
 def _corrupt_store(path: Path, e: Exception) -> MeshnetError:

@@ -1,19 +1,23 @@
-"""Store access: WAL-mode SQLite via SQLAlchemy, schema upgraded by alembic on open."""
+"""Store access: WAL-mode SQLite through the stdlib sqlite3 (the agent never loads
+SQLAlchemy, ~19 MB of RSS, unless alembic has a migration to run).
+
+One connection, shared by the event loop and the worker threads under a lock; every
+write is one transaction. Reads are answered from memory until the next write."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import sqlite3
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, select, text
-from sqlalchemy.orm import sessionmaker
-
 from meshnet.rows import SHARED_KINDS, Outcome, Row, check_signature, newer
-from meshnet.store.models import MODELS, Cluster, Node, Revocation
+from meshnet.store.models import MODELS, Cluster, Model, Node, Revocation
 
 
 def migrations_dir() -> Path:
@@ -40,13 +44,43 @@ def alembic_config(url: str):
     return cfg
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss too
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+PRAGMAS = ("PRAGMA journal_mode=WAL",
+           "PRAGMA synchronous=FULL",  # an acknowledged write survives power loss too
+           "PRAGMA busy_timeout=5000",
+           "PRAGMA foreign_keys=ON")
+
+
+def _decode(model: type[Model], values: tuple) -> Model:
+    obj = model.__new__(model)
+    for (col, kind), v in zip(model.COLUMNS.items(), values, strict=True):
+        if v is not None:
+            if kind == "json":
+                v = json.loads(v)
+            elif kind == "bool":
+                v = bool(v)
+        setattr(obj, col, v)
+    return obj
+
+
+def _encode(model: type[Model], obj: Model) -> list:
+    out = []
+    for col, kind in model.COLUMNS.items():
+        v = getattr(obj, col, None)
+        if v is None and col in model.DEFAULTS:
+            d = model.DEFAULTS[col]
+            v = d() if callable(d) else d
+        if kind == "json":
+            v = json.dumps(v)  # None too, as JSON null, like SQLAlchemy's JSON type
+        elif kind == "bool" and v is not None:
+            v = int(bool(v))
+        out.append(v)
+    return out
+
+
+def _upsert_sql(model: type[Model]) -> str:
+    cols = list(model.COLUMNS)
+    return (f"INSERT INTO {model.TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id"))
 
 
 class Store:
@@ -56,10 +90,10 @@ class Store:
         # the -wal and -shm files the mode of the database file.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         os.chmod(path, 0o600)
+        self.path = path
         self.url = f"sqlite:///{path}"
-        self.engine = create_engine(self.url)
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self._conn: sqlite3.Connection | None = None  # opened on first use
+        self._lock = threading.RLock()  # the connection is shared by the loop and threads
         # Reads are answered from memory until the next write: the agent asks for the same
         # members and rows on every request, push and reconcile, and only it writes here.
         # Entries carry the generation they were read at; a write bumps it after committing.
@@ -87,49 +121,84 @@ class Store:
         """Bring the schema to the newest migration; a store already there is left alone
         without importing alembic (a second or more on a slow machine)."""
         try:
-            with self.engine.connect() as conn:
-                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except Exception:  # no table yet: a new store
+            current = self._select("SELECT version_num FROM alembic_version")[0][0]
+        except (sqlite3.Error, IndexError):  # no table yet: a new store
             current = None
         if current == head_revision():
             return
         from alembic import command
 
         command.upgrade(alembic_config(self.url), "head")
+        self._written()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._conn is None:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                for pragma in PRAGMAS:
+                    conn.execute(pragma).fetchall()
+                self._conn = conn
+            return self._conn
 
     def close(self) -> None:
-        self.engine.dispose()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _select(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _load(self, model: type[Model], where: str = "", args: tuple = (), order: str = "") -> list:
+        cols = ", ".join(model.COLUMNS)
+        rows = self._select(f"SELECT {cols} FROM {model.TABLE} {where} {order}", args)
+        return [_decode(model, r) for r in rows]
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- cluster --------------------------------------------------------------------
 
     def cluster(self) -> Cluster | None:
         def load():
-            with self.session() as s:
-                return s.scalars(select(Cluster)).first()
+            found = self._load(Cluster, order="LIMIT 1")
+            return found[0] if found else None
         return self._cached("cluster", load)
 
     def save_cluster(self, cluster: Cluster) -> None:
+        cols = list(Cluster.COLUMNS)
         try:
-            with self.session.begin() as s:
-                s.execute(delete(Cluster))
-                s.add(cluster)
+            with self._transaction() as db:
+                db.execute("DELETE FROM cluster")
+                db.execute(f"INSERT INTO cluster ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                           _encode(Cluster, cluster))
         finally:
             self._written()
 
     def forget_cluster(self) -> None:
         """Drop the membership and every replicated row (keys stay: a node may join again)."""
         try:
-            with self.session.begin() as s:
+            with self._transaction() as db:
                 for model in MODELS.values():
-                    s.execute(delete(model))
-                s.execute(delete(Cluster))
+                    db.execute(f"DELETE FROM {model.TABLE}")
+                db.execute("DELETE FROM cluster")
         finally:
             self._written()
 
     # -- replicated rows ------------------------------------------------------------
 
     @staticmethod
-    def _to_row(obj) -> Row:
+    def _to_row(obj: Model) -> Row:
         data = {k: getattr(obj, k) for k in obj.DATA}
         return Row(obj.KIND, obj.id, obj.owner, obj.version, obj.deleted, data, obj.sig)
 
@@ -139,12 +208,10 @@ class Store:
 
         Answered from memory between writes: the objects are shared, read them only."""
         def load():
-            with self.session() as s:
-                q = select(Node).order_by(Node.name, Node.id)
-                if not include_deleted:
-                    revoked = select(Revocation.id).where(Revocation.deleted.is_(False))
-                    q = q.where(Node.deleted.is_(False), Node.id.not_in(revoked))
-                return list(s.scalars(q))
+            if include_deleted:
+                return self._load(Node, order="ORDER BY name, id")
+            return self._load(Node, "WHERE deleted = 0 AND id NOT IN "
+                              "(SELECT id FROM revocations WHERE deleted = 0)", order="ORDER BY name, id")
         return list(self._cached(("nodes", include_deleted), load))
 
     def revoked(self, node_id: str) -> bool:
@@ -161,11 +228,8 @@ class Store:
         """Every row of one kind, as detached ORM objects (shared: read them only), oldest
         version first."""
         def load():
-            with self.session() as s:
-                q = select(model).order_by(model.version, model.id)
-                if not include_deleted:
-                    q = q.where(model.deleted.is_(False))
-                return list(s.scalars(q))
+            return self._load(model, "" if include_deleted else "WHERE deleted = 0",
+                              order="ORDER BY version, id")
         return list(self._cached(("objects", model, include_deleted), load))
 
     def get(self, model: type, row_id: str):
@@ -219,16 +283,16 @@ class Store:
         return existing is not None and newer(row, self._to_row(existing)) is Outcome.IGNORED
 
     def _merge(self, ordered, now, changed, refused):
-        with self.session.begin() as s:
+        with self._transaction():
             for row in ordered:
                 model = MODELS[row.kind]
-                existing = s.get(model, row.id)
+                existing = self._one(model, row.id)
                 outcome = newer(row, self._to_row(existing) if existing else None)
                 if outcome is Outcome.IGNORED:
                     continue
-                owner = s.get(Node, row.owner)
+                owner = self._one(Node, row.owner)
                 why = check_signature(row, owner.identity_pub if owner else None)
-                revoked = s.get(Revocation, row.owner)
+                revoked = self._one(Revocation, row.owner)
                 if why is None and revoked is not None and not revoked.deleted and row.kind != "revocation":
                     why = f"{row.owner} has been removed from the cluster"
                 if (why is None and existing is not None and existing.owner != row.owner
@@ -237,13 +301,13 @@ class Store:
                 if why:
                     refused.append(f"{row.kind} {row.id}: {why}")
                     continue
-                if existing is None:
-                    existing = model(id=row.id)
-                    s.add(existing)
-                for k in model.DATA:
-                    setattr(existing, k, row.data.get(k))
-                existing.owner, existing.version = row.owner, row.version
-                existing.deleted, existing.sig, existing.received = row.deleted, row.sig, now
-                s.flush()
+                obj = model(id=row.id, **{k: row.data.get(k) for k in model.DATA})
+                obj.owner, obj.version = row.owner, row.version
+                obj.deleted, obj.sig, obj.received = row.deleted, row.sig, now
+                self._db.execute(_upsert_sql(model), _encode(model, obj))
                 changed.append((row, outcome))
         return changed, refused
+
+    def _one(self, model: type[Model], row_id: str) -> Model | None:
+        found = self._load(model, "WHERE id = ?", (row_id,))
+        return found[0] if found else None

@@ -1,154 +1,117 @@
-"""SQLAlchemy models. The schema itself is made and upgraded by the alembic migrations."""
+"""The cluster row and the replicated kinds as plain objects, one class per table.
+
+COLUMNS maps each column to how it is stored: "str", "int", "float", "bool" (0/1) or
+"json" (text). The tables are made and upgraded only by the alembic migrations;
+schema.py declares the same tables for alembic, and a unit test keeps both in step.
+`Base` (the SQLAlchemy declarative base) is loaded from schema.py on first use.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
 from meshnet.rows import SCHEMAS
 
-
-class Base(DeclarativeBase):
-    pass
+REPLICATED = {"owner": "str", "version": "int", "deleted": "bool", "sig": "str", "received": "float"}
 
 
-class Cluster(Base):
+class Model:
+    TABLE: str = ""
+    COLUMNS: dict[str, str] = {}
+    DEFAULTS: dict[str, object] = {}
+
+    def __init__(self, **values) -> None:
+        unknown = set(values) - set(self.COLUMNS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no column {', '.join(sorted(unknown))}")
+        for c in self.COLUMNS:
+            setattr(self, c, values.get(c))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'id', '?')}>"
+
+
+class Replicated(Model):
+    """A replicated kind (see meshnet.rows): its data columns (TYPES, in SCHEMAS order as
+    DATA) plus id and the columns every replicated row carries."""
+
+    KIND: str = ""
+    TYPES: dict[str, str] = {}
+    DATA: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        assert set(cls.TYPES) == set(SCHEMAS[cls.KIND]), cls.KIND
+        cls.DATA = tuple(SCHEMAS[cls.KIND])
+        cls.COLUMNS = {"id": "str", **cls.TYPES, **REPLICATED}
+        cls.DEFAULTS = {"deleted": False, **cls.DEFAULTS}
+
+
+class Cluster(Model):
     """The one cluster this node belongs to (no row: not a member)."""
 
-    __tablename__ = "cluster"
-    id: Mapped[str] = mapped_column(String, primary_key=True)  # hex cluster id
-    secret_hash: Mapped[str] = mapped_column(String)  # the secret itself is a 0600 file
-    created: Mapped[float] = mapped_column(Float)
-    settings: Mapped[dict] = mapped_column(JSON, default=dict)  # transit_cidr, network_pool ...
+    TABLE = "cluster"
+    COLUMNS = {"id": "str", "secret_hash": "str", "created": "float", "settings": "json"}
+    DEFAULTS = {"settings": dict}
 
 
-class Replicated:
-    """Columns every replicated row carries (see meshnet.rows)."""
-
-    owner: Mapped[str] = mapped_column(String, index=True)
-    version: Mapped[int] = mapped_column(BigInteger)
-    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
-    sig: Mapped[str] = mapped_column(String)
-    received: Mapped[float] = mapped_column(Float)  # local time the row arrived (not replicated)
+class Node(Replicated):
+    KIND, TABLE = "node", "nodes"
+    TYPES = {"name": "str", "identity_pub": "str", "wg_pub": "str", "endpoint": "str",
+             "control": "str", "transit_ip": "str", "state": "str", "labels": "json"}
+    DEFAULTS = {"labels": dict}
 
 
-class Node(Replicated, Base):
-    __tablename__ = "nodes"
-    KIND = "node"
-    DATA = tuple(SCHEMAS["node"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    name: Mapped[str] = mapped_column(String)
-    identity_pub: Mapped[str] = mapped_column(String)
-    wg_pub: Mapped[str] = mapped_column(String)
-    endpoint: Mapped[str] = mapped_column(String)  # underlay ip:port of WireGuard
-    control: Mapped[str] = mapped_column(String)  # underlay ip:port of the join listener
-    transit_ip: Mapped[str] = mapped_column(String)
-    state: Mapped[str] = mapped_column(String)  # active | left
-    labels: Mapped[dict] = mapped_column(JSON, default=dict)
-
-
-class Network(Replicated, Base):
-    __tablename__ = "networks"
-    KIND = "network"
-    DATA = tuple(SCHEMAS["network"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    name: Mapped[str] = mapped_column(String, index=True)
-    driver: Mapped[str] = mapped_column(String)
-    subnet: Mapped[str] = mapped_column(String)
-    gateway: Mapped[str] = mapped_column(String)
-    vni: Mapped[int] = mapped_column(BigInteger)
-    labels: Mapped[dict] = mapped_column(JSON, default=dict)
-    created: Mapped[int] = mapped_column(BigInteger)
-    options: Mapped[dict] = mapped_column(JSON, default=dict)  # driver options: {"mode": "l3"}
+class Network(Replicated):
+    KIND, TABLE = "network", "networks"
+    TYPES = {"name": "str", "driver": "str", "subnet": "str", "gateway": "str", "vni": "int",
+             "labels": "json", "created": "int", "options": "json"}
+    DEFAULTS = {"labels": dict, "options": dict}
 
     @property
     def mode(self) -> str:
         return (self.options or {}).get("mode", "l2")
 
 
-class Endpoint(Replicated, Base):
-    __tablename__ = "endpoints"
-    KIND = "endpoint"
-    DATA = tuple(SCHEMAS["endpoint"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    name: Mapped[str] = mapped_column(String, index=True)
-    network: Mapped[str] = mapped_column(String, index=True)
-    node: Mapped[str] = mapped_column(String)
-    ip: Mapped[str] = mapped_column(String)
-    mac: Mapped[str] = mapped_column(String)
-    netns: Mapped[str] = mapped_column(String)
-    owns_netns: Mapped[bool] = mapped_column(Boolean)
-    ifname: Mapped[str] = mapped_column(String)
-    created: Mapped[int] = mapped_column(BigInteger)
+class Endpoint(Replicated):
+    KIND, TABLE = "endpoint", "endpoints"
+    TYPES = {"name": "str", "network": "str", "node": "str", "ip": "str", "mac": "str",
+             "netns": "str", "owns_netns": "bool", "ifname": "str", "created": "int"}
 
 
-class IpamBlock(Replicated, Base):
-    __tablename__ = "ipam_blocks"
-    KIND = "ipam_block"
-    DATA = tuple(SCHEMAS["ipam_block"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    network: Mapped[str] = mapped_column(String, index=True)
-    cidr: Mapped[str] = mapped_column(String)
+class IpamBlock(Replicated):
+    KIND, TABLE = "ipam_block", "ipam_blocks"
+    TYPES = {"network": "str", "cidr": "str"}
 
 
-class Service(Replicated, Base):
-    __tablename__ = "services"
-    KIND = "service"
-    DATA = tuple(SCHEMAS["service"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    name: Mapped[str] = mapped_column(String, index=True)
-    networks: Mapped[list] = mapped_column(JSON)
-    replicas: Mapped[int] = mapped_column(BigInteger)
-    endpoint_mode: Mapped[str] = mapped_column(String)
-    env: Mapped[dict] = mapped_column(JSON)
-    restart: Mapped[str] = mapped_column(String)
-    constraints: Mapped[list] = mapped_column(JSON)
-    command: Mapped[list] = mapped_column(JSON)
-    vips: Mapped[dict] = mapped_column(JSON)
-    created: Mapped[int] = mapped_column(BigInteger)
-    spec: Mapped[int] = mapped_column(BigInteger)
+class Service(Replicated):
+    KIND, TABLE = "service", "services"
+    TYPES = {"name": "str", "networks": "json", "replicas": "int", "endpoint_mode": "str",
+             "env": "json", "restart": "str", "constraints": "json", "command": "json",
+             "vips": "json", "created": "int", "spec": "int"}
 
 
-class Task(Replicated, Base):
-    __tablename__ = "tasks"
-    KIND = "task"
-    DATA = tuple(SCHEMAS["task"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    service: Mapped[str] = mapped_column(String, index=True)
-    slot: Mapped[int] = mapped_column(BigInteger)
-    node: Mapped[str] = mapped_column(String)
-    state: Mapped[str] = mapped_column(String)
-    endpoints: Mapped[dict] = mapped_column(JSON)
-    since: Mapped[int] = mapped_column(BigInteger)
-    error: Mapped[str] = mapped_column(String)
-    restarts: Mapped[int] = mapped_column(BigInteger)
-    spec: Mapped[int] = mapped_column(BigInteger)
+class Task(Replicated):
+    KIND, TABLE = "task", "tasks"
+    TYPES = {"service": "str", "slot": "int", "node": "str", "state": "str", "endpoints": "json",
+             "since": "int", "error": "str", "restarts": "int", "spec": "int"}
 
 
-class Revocation(Replicated, Base):
-    __tablename__ = "revocations"
-    KIND = "revocation"
-    DATA = tuple(SCHEMAS["revocation"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)  # the revoked node's id
-    name: Mapped[str] = mapped_column(String)
-    reason: Mapped[str] = mapped_column(String)
+class Revocation(Replicated):
+    KIND, TABLE = "revocation", "revocations"
+    TYPES = {"name": "str", "reason": "str"}
 
 
-class Secret(Replicated, Base):
-    __tablename__ = "secrets"
-    KIND = "secret"
-    DATA = tuple(SCHEMAS["secret"])
-
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    secret: Mapped[str] = mapped_column(String)
+class Secret(Replicated):
+    KIND, TABLE = "secret", "secrets"
+    TYPES = {"secret": "str"}
 
 
-MODELS: dict[str, type] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock, Service, Task,
-                                               Revocation, Secret)}
+MODELS: dict[str, type[Replicated]] = {m.KIND: m for m in (Node, Network, Endpoint, IpamBlock, Service,
+                                                      Task, Revocation, Secret)}
+
+
+def __getattr__(name: str):
+    if name == "Base":  # alembic's env.py and the schema tests
+        from meshnet.store.schema import Base
+
+        return Base
+    raise AttributeError(name)

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from meshnet.rows import Outcome, Row
 from meshnet.store import Store
-from meshnet.store.models import Base, Cluster
+from meshnet.store.models import MODELS, Base, Cluster
+
+
+def connect(store: Store):
+    """A SQLAlchemy connection to the store's file (the store itself uses sqlite3)."""
+    from sqlalchemy import create_engine
+
+    return create_engine(store.url).connect()
 
 
 def by_key(rows: list[Row]) -> list[dict]:
@@ -25,24 +32,34 @@ def by_key(rows: list[Row]) -> list[dict]:
 # -- schema ------------------------------------------------------------------------
 
 def test_migrations_create_exactly_the_models_schema(store):
-    with store.engine.connect() as conn:
+    with connect(store) as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_plain_models_have_the_schema_columns():
+    """models.py (what the agent reads and writes) and schema.py (what alembic checks
+    the migrations against) describe the same tables."""
+    kinds = {"str": "VARCHAR", "int": "BIGINT", "float": "FLOAT", "bool": "BOOLEAN", "json": "JSON"}
+    for model in [Cluster, *MODELS.values()]:
+        table = Base.metadata.tables[model.TABLE]
+        assert {c.name: str(c.type) for c in table.columns} == {
+            c: kinds[k] for c, k in model.COLUMNS.items()}, model.TABLE
 
 
 def test_upgrade_from_scratch_and_again_is_harmless(tmp_path):
     s = Store(tmp_path / "sub" / "state.db")
     s.upgrade()
     s.upgrade()
-    with s.engine.connect() as conn:
+    with connect(s) as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     s.close()
 
 
 def test_wal_mode(store):
-    with store.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    assert store._select("PRAGMA journal_mode") == [("wal",)]
+    assert store._select("PRAGMA foreign_keys") == [(1,)]
+    assert store._select("PRAGMA synchronous") == [(2,)]  # FULL
     # persistent in the file, so other readers (sqlite3 CLI, backups) see it too
     db = sqlite3.connect(store.url.removeprefix("sqlite:///"))
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
