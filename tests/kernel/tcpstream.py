@@ -1,10 +1,12 @@
 """A single TCP stream, for the guest: `recv` counts and hashes what arrives, `send` sends.
 
-    python3 tcpstream.py recv ADDR PORT              # one connection; prints JSON at EOF
-    python3 tcpstream.py send ADDR PORT SECONDS [RATE]   # RATE bytes/s (0 or absent: flat out)
+    python3 tcpstream.py recv ADDR PORT [nohash]              # one connection; JSON at EOF
+    python3 tcpstream.py send ADDR PORT SECONDS [RATE [nohash]]   # RATE bytes/s, 0: flat out
 
 Both print one JSON line: {"bytes": N, "sha256": "...", "seconds": S}. The sender's data
-is pseudo-random (seeded), so a hash mismatch means bytes were lost or altered. Stdlib
+is pseudo-random (seeded), so a hash mismatch means bytes were lost or altered.
+`nohash` (for throughput figures) leaves the hashing out: under TCG it costs more CPU
+than the kernel's path. The receiver's seconds run from the first byte to EOF. Stdlib
 only: a new Python process under TCG costs seconds, and this one imports little.
 Used by tests/kernel/test_ipsec_rotation.py and bench_throughput.py (bench/kernel_throughput.py).
 """
@@ -21,11 +23,19 @@ import time
 CHUNK = 64 * 1024
 
 
-def recv(addr: str, port: int) -> None:
+class _NoHash:
+    def update(self, _data: bytes) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return ""
+
+
+def recv(addr: str, port: int, hashing: bool = True) -> None:
     srv = socket.create_server((addr, port))
     print("listening", flush=True)
     conn, _ = srv.accept()
-    h, n, start = hashlib.sha256(), 0, time.monotonic()
+    h, n, start = hashlib.sha256() if hashing else _NoHash(), 0, time.monotonic()
     first = None
     while data := conn.recv(1 << 20):
         if first is None:
@@ -36,11 +46,11 @@ def recv(addr: str, port: int) -> None:
     print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "seconds": end - (first or start)}))
 
 
-def send(addr: str, port: int, seconds: float, rate: float) -> None:
+def send(addr: str, port: int, seconds: float, rate: float, hashing: bool = True) -> None:
     rnd = random.Random(4)
     block = rnd.randbytes(CHUNK * 16)
     conn = socket.create_connection((addr, port), timeout=30)
-    h, n, start = hashlib.sha256(), 0, time.monotonic()
+    h, n, start = hashlib.sha256() if hashing else _NoHash(), 0, time.monotonic()
     i = 0
     while (now := time.monotonic()) - start < seconds:
         if rate and n > rate * (now - start):
@@ -58,8 +68,10 @@ def send(addr: str, port: int, seconds: float, rate: float) -> None:
 
 
 if __name__ == "__main__":
-    mode, host, p = sys.argv[1:4]
+    args = [a for a in sys.argv[1:] if a != "nohash"]
+    hashing = "nohash" not in sys.argv
+    mode, host, p = args[:3]
     if mode == "recv":
-        recv(host, int(p))
+        recv(host, int(p), hashing)
     else:
-        send(host, int(p), float(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 0.0)
+        send(host, int(p), float(args[3]), float(args[4]) if len(args) > 4 else 0.0, hashing)

@@ -24,15 +24,16 @@ import pytest
 from nacl.public import PrivateKey
 
 from meshnet.host.ipsec import IpsecTransit
-from meshnet.plan.ipsec import Schedule, epoch_at
+from meshnet.plan.ipsec import Schedule, epoch_at, peer_sas
 from meshnet.plan.wireguard import Device, Peer, diff
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.kernel
 
 TRANSIT = ("10.249.0.1", "10.249.0.2")
 # Under TCG one reconcile step (a few `ip` runs) takes 0.5-3 s, so the grace and the delay
 # must exceed that, as the real 60 s and 10 s exceed the agent's 5 s reconcile interval.
-SCHED = Schedule(period=8.0, grace=5.0, delay=4.0)
+SCHED = Schedule(period=8.0, grace=5.5, delay=5.0)
 STREAM = str(Path(__file__).with_name("tcpstream.py"))
 SECONDS = 22  # transfer and ping length: two epoch boundaries and one key change
 
@@ -131,15 +132,12 @@ def test_ipsec_rotation_under_transfer_loses_nothing(ns_pair) -> None:
     pinged = ping.communicate(timeout=60)[0]
     end_epoch = epoch_at(time.time(), SCHED.period)
     after = {s.ns: xfrm_stat(s.ns) for s in (a, b)}
-    # Let the key change's grace end, stop the loops, and take a last step in an epoch
-    # whose grace is over (so exactly one outbound and two inbound SAs should be left).
+    # Let the key change's grace end, stop the loops, and take a last step each.
     time.sleep(max(0.0, rekeyed + SCHED.delay + SCHED.grace + 1 - time.time()))
     for lp in loops:
         lp.stop.set()
         lp.join(timeout=30)
         assert not lp.errors, lp.errors
-    while not SCHED.grace + 0.3 < time.time() % SCHED.period < SCHED.period - 1.5:
-        time.sleep(0.1)
     for lp in loops:
         lp.step()
     print(pinged)
@@ -147,20 +145,42 @@ def test_ipsec_rotation_under_transfer_loses_nothing(ns_pair) -> None:
     assert end_epoch - start_epoch >= 2
     assert got == {**got, "bytes": sent["bytes"], "sha256": sent["sha256"]}, (sent, got)
     assert sent["bytes"] > 1_000_000
-    moved = {ns: {k: after[ns][k] - stats[ns][k] for k in after[ns] if after[ns][k] != stats[ns][k]}
-             for ns in (a.ns, b.ns)}
-    assert moved == {a.ns: {}, b.ns: {}}, f"xfrm errors: {moved}"
     m = re.search(r"(\d+) packets transmitted, (\d+) received", pinged)
     assert m and int(m.group(1)) >= SECONDS * 10 and m.group(1) == m.group(2), pinged
+    # What a badly ordered switch would show: a packet for an SA not (or no longer)
+    # installed, or one that does not match the policy. Replay-window drops
+    # (XfrmInStateSeqError) are left out: on a loaded host the guest's async AES-GCM can
+    # reorder a burst beyond the 32-packet window, with or without a rotation.
+    moved = {ns: {k: after[ns][k] - stats[ns][k] for k in after[ns]
+                  if after[ns][k] != stats[ns][k] and k != "XfrmInStateSeqError"}
+             for ns in (a.ns, b.ns)}
+    print("replay-window drops:", {ns: after[ns]["XfrmInStateSeqError"] - stats[ns]["XfrmInStateSeqError"]
+                                   for ns in (a.ns, b.ns)})
+    assert moved == {a.ns: {}, b.ns: {}}, f"xfrm errors: {moved}"
     # Every epoch boundary and the key change gave new outbound SPIs, on both sides.
     assert len(set(la.out_spis)) >= 4 and len(set(lb.out_spis)) >= 4, (la.out_spis, lb.out_spis)
-    # Once the graces are over: one outbound SA (the current one) and two inbound per side.
-    for lp, side in ((la, a), (lb, b)):
+    # Once the key change's grace is over: one outbound SA (the current one), two inbound
+    # (three within an epoch's grace), exactly what the plan wants, none of a's old key.
+    e = epoch_at(time.time(), SCHED.period)
+    old_key = {  # inbound SPIs each side derived with a's old key pair, around now
+        a.ns: {peer_sas(ka, a.addr, TRANSIT[0], kb_pub, f"{b.addr}:1", TRANSIT[1], ep).inbound.spi
+               for ep in range(e - 4, e + 2)},
+        b.ns: {peer_sas(kb, b.addr, TRANSIT[1], ka_pub, f"{a.addr}:1", TRANSIT[0], ep).inbound.spi
+               for ep in range(e - 4, e + 2)}}
+    def settled(lp: Loop, side) -> bool:
+        """A step, then the kernel matches the plan (retried: an epoch boundary may pass
+        between the step and the check)."""
+        lp.step()
         states = lp.transit.states()
         outs = [s for s in states if s.src == side.addr]
-        assert len(outs) == 1 and outs[0].spi == lp.out_spis[-1], states
-        assert len(states) == 3, states
-        assert diff(lp.transit.read("mnet0")[0], lp.want) == []
+        print(side.ns, [hex(s.spi) for s in states])
+        return (len(outs) == 1 and outs[0].spi == lp.out_spis[-1] and len(states) in (3, 4)
+                and diff(lp.transit.read("mnet0")[0], lp.want) == [])
+
+    for lp, side in ((la, a), (lb, b)):
+        wait_for(f"{side.ns}'s SAs to match the plan", lambda lp=lp, side=side: settled(lp, side),
+                 timeout=60)
+        assert not old_key[side.ns] & {s.spi for s in lp.transit.states()}, "an SA of a's old key is left"
     # The other side's inbound SAs include what this side sends with now.
     assert la.out_spis[-1] in {s.spi for s in lb.transit.states() if s.dst == b.addr}
     assert subprocess.run(["ip", "netns", "exec", b.ns, "ping", "-c1", "-W5", TRANSIT[0]]).returncode == 0
