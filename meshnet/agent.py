@@ -47,6 +47,7 @@ from meshnet.replication import Replication
 from meshnet.rows import Row
 from meshnet.services import Services
 from meshnet.store import Store
+from meshnet.store.db import MigrationError
 from meshnet.store.models import Cluster, Node
 from meshnet.tasks import Supervisor
 from meshnet.token import JoinToken, cluster_tag
@@ -506,9 +507,9 @@ class Agent(Membership, Replication):
 
 
 def _store_error(e: Exception) -> bool:
-    """sqlite3's errors, or SQLAlchemy's and alembic's when a migration ran (only then are
-    they loaded)."""
-    kinds: list[type] = [sqlite3.Error]
+    """sqlite3's errors and a failed migration (SQLAlchemy's and alembic's too, in case
+    they are loaded)."""
+    kinds: list[type] = [sqlite3.Error, MigrationError]
     if "sqlalchemy.exc" in sys.modules:
         kinds.append(sys.modules["sqlalchemy.exc"].SQLAlchemyError)
     if "alembic.util" in sys.modules:

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -18,6 +20,10 @@ from pathlib import Path
 
 from meshnet.rows import SHARED_KINDS, Outcome, Row, check_signature, newer
 from meshnet.store.models import MODELS, Cluster, Model, Node, Revocation
+
+
+class MigrationError(Exception):
+    """The migration of the state database failed (its one-line reason)."""
 
 
 def migrations_dir() -> Path:
@@ -118,18 +124,20 @@ class Store:
             self._cache.clear()
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration; a store already there is left alone
-        without importing alembic (a second or more on a slow machine)."""
+        """Bring the schema to the newest migration, in a child process (migrate.py): a
+        store already there is left alone without starting it."""
         try:
             current = self._select("SELECT version_num FROM alembic_version")[0][0]
         except (sqlite3.Error, IndexError):  # no table yet: a new store
             current = None
         if current == head_revision():
             return
-        from alembic import command
-
-        command.upgrade(alembic_config(self.url), "head")
+        out = subprocess.run([sys.executable, "-m", "meshnet.store.migrate", str(self.path)],
+                             capture_output=True, text=True)
         self._written()
+        if out.returncode != 0:
+            lines = out.stderr.strip().splitlines()
+            raise MigrationError(lines[-1] if lines else f"exit status {out.returncode}")
 
     @property
     def _db(self) -> sqlite3.Connection:

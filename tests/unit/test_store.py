@@ -3,6 +3,8 @@ from __future__ import annotations
 import itertools
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -54,6 +56,21 @@ def test_upgrade_from_scratch_and_again_is_harmless(tmp_path):
     with connect(s) as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     s.close()
+
+
+def test_upgrade_runs_alembic_in_a_child_and_reports_failure_in_one_line(tmp_path):
+    from meshnet.store.db import MigrationError
+
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"not a database " * 20)
+    with pytest.raises(MigrationError, match=r"^file is not a database$"):
+        Store(bad).upgrade()
+    # A new store is migrated, read and written without loading SQLAlchemy in the process.
+    code = ("import sys; from pathlib import Path; from meshnet.store import Store; "
+            f"s = Store(Path({str(tmp_path / 'new.db')!r})); s.upgrade(); s.nodes(); s.forget_cluster(); "
+            "print(sorted(m for m in ('sqlalchemy', 'alembic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_wal_mode(store):
