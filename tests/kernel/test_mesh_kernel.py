@@ -218,6 +218,23 @@ def test_overlay_network_over_kernel_wireguard(lab):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_routed_network_over_kernel_wireguard(lab):
+    """A routed (mode=l3) network: the endpoint addresses become allowed IPs set through
+    netlink, and IP packets go straight into kernel WireGuard (docs/routed.md)."""
+    lab.client(1).post("/v1/networks", {"name": "kr", "options": {"mode": "l3"}})
+    eps = {k: lab.client(k).post("/v1/endpoints", {"network": "kr", "name": f"r{k}"}) for k in HOSTS}
+
+    def ns_ping(a: int, ip: str) -> bool:
+        ns = f"mne-{eps[a]['id'][:12]}"
+        return sh(lab, a, "ip", "netns", "exec", ns, "ping", "-c1", "-W2", ip).returncode == 0
+
+    for a, b in permutations(HOSTS, 2):
+        wait_for(f"r{a} to ping r{b}", lambda a=a, b=b: ns_ping(a, eps[b]["ip"]), timeout=60)
+    allowed = sh(lab, 1, "wg", "show", "mnet0", "allowed-ips").stdout
+    assert f"{eps[2]['ip']}/32" in allowed and f"{eps[3]['ip']}/32" in allowed, allowed
+    assert f"{eps[1]['ip']}/32" not in allowed  # its own endpoint is local, not a peer's
+
+
 def test_reconcile_stops_changing_the_device(lab):
     """After convergence a reconcile pass applies nothing (read back == desired)."""
     before = {k: change_lines(lab, k) for k in HOSTS}
