@@ -70,3 +70,13 @@ def record(title: str, command: str, table: str) -> None:
     with RESULTS.open("a") as f:
         f.write(f"\n## {title} ({stamp})\n\n- machine: {machine()}\n- command: `{command}`\n\n"
                 f"{table}\n")
+
+
+def endpoint_pair(lb: Lab, network: str, options: dict | None = None) -> tuple[dict, dict[int, list[str]]]:
+    """A network (with driver `options`) and an endpoint on each of h1 and h2: the
+    endpoints' API views, and per host the argv prefix that runs inside its endpoint."""
+    lb.client(1).post("/v1/networks", {"name": network, "options": options or {}})
+    eps = {k: lb.client(k).post("/v1/endpoints", {"network": network, "name": f"{network}{k}"})
+           for k in (1, 2)}
+    inside = {k: [*lb.enter(k), "ip", "netns", "exec", eps[k]["netns"].rsplit("/", 1)[-1]] for k in (1, 2)}
+    return eps, inside

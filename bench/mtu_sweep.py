@@ -14,7 +14,7 @@ import argparse
 import re
 import subprocess
 
-from bench.common import lab, median, record
+from bench.common import endpoint_pair, lab, median, record
 from bench.throughput import iperf_on
 
 
@@ -25,10 +25,7 @@ def main() -> None:
     a = ap.parse_args()
     with lab(2, "bm") as lb:
         lb.form_cluster()
-        lb.client(1).post("/v1/networks", {"name": "mtu"})
-        eps = {k: lb.client(k).post("/v1/endpoints", {"network": "mtu", "name": f"m{k}"}) for k in (1, 2)}
-        inside = {k: [*lb.enter(k), "ip", "netns", "exec", eps[k]["netns"].rsplit("/", 1)[-1]]
-                  for k in (1, 2)}
+        eps, inside = endpoint_pair(lb, "mtu")
         link = subprocess.run([*inside[1], "ip", "-o", "link", "show"], capture_output=True, text=True).stdout
         mtu = max(int(m) for m in re.findall(r"mtu (\d+)", link) if int(m) != 65536)
         transit_mtu = lb.client(1).get("/v1/status").get("transit_mtu")

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 
 from bench import peers
-from bench.common import lab, median, percentile, record
+from bench.common import endpoint_pair, lab, median, percentile, record
 from meshnet.lab import Lab
 
 MESHNET = [sys.executable, "-m", "meshnet"]
@@ -99,22 +99,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-peers", action="store_true", help="skip Nebula and tinc")
     ap.add_argument("--plot", action="store_true", help="also write docs/img/throughput.png")
-    ap.add_argument("--wireguard-go", help="the wireguard-go binary the agents run (default: PATH's)")
+    ap.add_argument("--wireguard-go", help="the wireguard-go binary the agents run (default: the agent's)")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         wg_args = ["--wireguard-go", args.wireguard_go] if args.wireguard_go else None
         lb = stack.enter_context(lab(2, "bt", wg_args))
         lb.form_cluster()
         nodes = {n["name"]: n for n in lb.client(1).get("/v1/nodes")["nodes"]}
-        lb.client(1).post("/v1/networks", {"name": "bench"})
-        eps = {k: lb.client(k).post("/v1/endpoints", {"network": "bench", "name": f"b{k}"}) for k in (1, 2)}
-        inside = {k: [*lb.enter(k), "ip", "netns", "exec", eps[k]["netns"].rsplit("/", 1)[-1]]
-                  for k in (1, 2)}
-        lb.client(1).post("/v1/networks", {"name": "benchl3", "options": {"mode": "l3"}})
-        reps = {k: lb.client(k).post("/v1/endpoints", {"network": "benchl3", "name": f"r{k}"})
-                for k in (1, 2)}
-        routed = {k: [*lb.enter(k), "ip", "netns", "exec", reps[k]["netns"].rsplit("/", 1)[-1]]
-                  for k in (1, 2)}
+        eps, inside = endpoint_pair(lb, "bench")
+        reps, routed = endpoint_pair(lb, "benchl3", {"mode": "l3"})
         vx = stack.enter_context(peers.plain_vxlan(lb.enter(1), lb.enter(2), lb.ip(1), lb.ip(2)))
         paths: list[Path_] = [
             ("underlay (LAN, no tunnel)", lb.enter(1), lb.enter(2), lb.ip(2)),

@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 
-from bench.common import lab, median, record
+from bench.common import endpoint_pair, lab, median, record
 from bench.throughput import iperf_on
 
 
@@ -41,10 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     with lab(2, "bm") as lb:
         lb.form_cluster()
-        lb.client(1).post("/v1/networks", {"name": "mtu"})
-        eps = {k: lb.client(k).post("/v1/endpoints", {"network": "mtu", "name": f"m{k}"}) for k in (1, 2)}
-        inside = {k: [*lb.enter(k), "ip", "netns", "exec", eps[k]["netns"].rsplit("/", 1)[-1]]
-                  for k in (1, 2)}
+        eps, inside = endpoint_pair(lb, "mtu")
         std = lb.client(1).get("/v1/status")["transit_mtu"]
         subprocess.run([*inside[1], "ping", "-c", "3", "-W", "2", eps[2]["ip"]], check=True,
                        capture_output=True)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from meshnet.lab import Lab
@@ -116,3 +117,15 @@ def bulk_transfer(lab: Lab, a: int, src_ep: str, b: int, dst_ep: str, dst_ip: st
     finally:
         sink.kill()
     assert got.split() == sent.stdout.split() and int(got.split()[0]) == chunks << 16
+
+
+def assert_only_wireguard_on_lan(lab: Lab, name: str, send: Callable[[bytes], None]) -> None:
+    """Capture the lab LAN while `send(marker)` sends traffic carrying `marker`: every
+    packet between hosts is WireGuard (UDP 51820) and the marker is never seen in clear."""
+    pcap = lab.dir / f"{name}-lan.pcap"
+    marker = f"{name}-plain".encode()
+    with capture(["ip", "netns", "exec", lab.lan_ns], "any", pcap):
+        send(marker)
+    mesh = between_hosts(read_pcap(pcap))
+    assert mesh and all(".51820 >" in ln for ln in mesh), [ln for ln in mesh if ".51820 >" not in ln][:5]
+    assert marker not in pcap.read_bytes()

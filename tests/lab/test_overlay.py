@@ -13,7 +13,7 @@ from meshnet.lab import Lab
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab, unique_name
 from tests.lab.helpers import (
-    between_hosts,
+    assert_only_wireguard_on_lan,
     bulk_transfer,
     capture,
     meshnet,
@@ -127,15 +127,11 @@ def test_isolation_between_networks(lab, appnet):
 
 
 def test_only_wireguard_on_the_lan_and_vxlan_guard(lab, appnet):
-    pcap = lab.dir / "overlay-lan.pcap"
-    with capture(["ip", "netns", "exec", lab.lan_ns], "any", pcap):
+    def send(marker: bytes) -> None:
         for target in (2, 3):
             assert ep_ping(lab, 1, "web1", appnet[target]["ip"], "-c", "3", "-i", "0.2",
-                           "-p", b"overlay-plain".hex()).returncode == 0
-    lines = read_pcap(pcap)
-    mesh = between_hosts(lines)
-    assert mesh and all(".51820 >" in ln for ln in mesh), [ln for ln in mesh if ".51820 >" not in ln][:5]
-    assert b"overlay-plain" not in pcap.read_bytes()
+                           "-p", marker.hex()).returncode == 0
+    assert_only_wireguard_on_lan(lab, "overlay", send)
     rules = sh(lab, 1, "nft", "list", "table", "inet", "meshnet").stdout
     assert "4789" in rules and "mnet0" in rules and "drop" in rules
 

@@ -14,7 +14,7 @@ from meshnet.lab import Lab
 from meshnet.plan.overlay import L3Filter
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab, unique_name
-from tests.lab.helpers import between_hosts, bulk_transfer, capture, meshnet, read_pcap, sh
+from tests.lab.helpers import assert_only_wireguard_on_lan, bulk_transfer, meshnet, sh
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +101,11 @@ def test_isolation_spoofing_and_the_host(lab, rnet):
 
 
 def test_only_wireguard_on_the_lan(lab, rnet):
-    pcap = lab.dir / "routed-lan.pcap"
-    with capture(["ip", "netns", "exec", lab.lan_ns], "any", pcap):
+    def send(marker: bytes) -> None:
         for target in (2, 3):
             assert ep_ping(lab, 1, "r1", rnet[target]["ip"], "-c", "3", "-i", "0.2",
-                           "-p", b"routed-plain".hex()).returncode == 0
-    mesh = between_hosts(read_pcap(pcap))
-    assert mesh and all(".51820 >" in ln for ln in mesh), [ln for ln in mesh if ".51820 >" not in ln][:5]
-    assert b"routed-plain" not in pcap.read_bytes()
+                           "-p", marker.hex()).returncode == 0
+    assert_only_wireguard_on_lan(lab, "routed", send)
 
 
 def test_hand_damage_is_repaired(lab, rnet):
