@@ -375,15 +375,15 @@ class Agent(Membership, Replication):
                 await self._check_revoked()
                 self._sync_members()
                 await self._resolve_transit_clash()
-                member = self.cluster() is not None and self.me() is not None
-                if member:
+                if self.cluster() is not None and self.me() is not None:
                     await self.overlay.tidy()
+                    # Tasks before the kernel pass: a task start makes its own endpoint (and
+                    # pass), so a scale does not wait behind a pass for other nodes' rows.
+                    await self.supervisor.reconcile()
                 # DNS views follow the rows on their own (_names_loop), without waiting for
                 # this kernel pass; the pass reads the kernel back only for what changed,
                 # and all of it every REPAIR_INTERVAL.
                 await self.reconcile(full=time.monotonic() - self._last_full >= REPAIR_INTERVAL)
-                if member:
-                    await self.supervisor.reconcile()
             except MeshnetError as e:
                 log.error("reconcile failed: %s", e)
                 self.events.add("reconcile-error", f"reconcile failed: {e}", level="error")

@@ -81,10 +81,15 @@ class Supervisor:
                 for slot, node in services.placement(s).items():
                     if node == me:
                         want[self.task_id(s.id, slot)] = (s, slot)
-            for tid, r in list(self.running.items()):
-                spec_ok = tid in want and want[tid][0].spec == r.spec
-                if not spec_ok and not r.stopping:
-                    await self._stop(r, retire=tid not in want)
+            stopping = [(r, tid not in want) for tid, r in list(self.running.items())
+                        if not (tid in want and want[tid][0].spec == r.spec) and not r.stopping]
+            # Out of DNS and the VIPs first (a "shutdown" row), all at once: the processes'
+            # exit and their endpoints' removal come after, one task at a time.
+            for r, retire in stopping:
+                if retire:
+                    await self._report(r.service, r.slot, "shutdown", "")
+            for r, retire in stopping:
+                await self._stop(r, retire=retire)
             for tid, (s, slot) in want.items():
                 if tid in self.running or time.monotonic() < self.backoff_until.get(tid, 0):
                     continue
