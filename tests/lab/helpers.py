@@ -129,3 +129,11 @@ def assert_only_wireguard_on_lan(lab: Lab, name: str, send: Callable[[bytes], No
     mesh = between_hosts(read_pcap(pcap))
     assert mesh and all(".51820 >" in ln for ln in mesh), [ln for ln in mesh if ".51820 >" not in ln][:5]
     assert marker not in pcap.read_bytes()
+
+
+# An HTTP server on :8000 that answers with its task name ($MESHNET_TASK).
+WHOAMI = ("import http.server,os\n"
+          "class H(http.server.BaseHTTPRequestHandler):\n"
+          " def do_GET(s):\n"
+          "  b=os.environ['MESHNET_TASK'].encode();s.send_response(200);s.end_headers();s.wfile.write(b)\n"
+          "http.server.ThreadingHTTPServer(('0.0.0.0',8000),H).serve_forever()")

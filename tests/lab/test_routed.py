@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from itertools import permutations
 
 import pytest
@@ -14,7 +15,7 @@ from meshnet.lab import Lab
 from meshnet.plan.overlay import L3Filter
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab, unique_name
-from tests.lab.helpers import assert_only_wireguard_on_lan, bulk_transfer, meshnet, sh
+from tests.lab.helpers import WHOAMI, assert_only_wireguard_on_lan, bulk_transfer, meshnet, sh
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,21 @@ def test_hand_damage_is_repaired(lab, rnet):
         and forwarding(lab, 2) == "1"
         and ep_ping(lab, 1, "r1", rnet[2]["ip"]).returncode == 0
         and ep_ping(lab, 3, "r3", rnet[2]["ip"]).returncode == 0), timeout=60)
+
+
+def test_service_vip_and_names_on_a_routed_network(lab, rnet):
+    out = meshnet(lab, 2, "service", "create", "--name", "rwho", "--network", "rnet", "--replicas", "3",
+                  "--", sys.executable, "-c", WHOAMI)
+    assert out.returncode == 0, out.stderr
+    code = ("import urllib.request as u,collections\n"
+            "get=lambda: u.urlopen('http://rwho:8000/',timeout=5).read().decode()\n"
+            "print(sorted(collections.Counter(get() for _ in range(30))))")
+
+    def spread() -> bool:
+        got = ep_exec(lab, 1, "r1", sys.executable, "-c", code)
+        return got.returncode == 0 and got.stdout.strip() == str(["rwho.1", "rwho.2", "rwho.3"])
+    wait_for("r1 to reach every rwho task through the VIP", spread, timeout=60)
+    assert meshnet(lab, 2, "service", "rm", "rwho").returncode == 0
 
 
 def test_bad_options(lab):

@@ -14,14 +14,8 @@ import pytest
 from meshnet.lab import Lab
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab
-from tests.lab.helpers import meshnet
+from tests.lab.helpers import WHOAMI, meshnet
 
-# An HTTP server that answers with the name of the task serving it.
-WHOAMI = ("import http.server,os\n"
-          "class H(http.server.BaseHTTPRequestHandler):\n"
-          " def do_GET(s):\n"
-          "  b=os.environ['MESHNET_TASK'].encode();s.send_response(200);s.end_headers();s.wfile.write(b)\n"
-          "http.server.ThreadingHTTPServer(('0.0.0.0',8000),H).serve_forever()")
 # A fake upstream resolver: ext.example -> 192.0.2.77, everything else NXDOMAIN.
 UPSTREAM = ("import socket,dnslib\n"
             "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('10.248.0.11',5300))\n"
