@@ -58,8 +58,8 @@ def stream(src, dst, addr: str, port: int) -> dict:
             "mbit_s": round(got["bytes"] * 8 / got["seconds"] / 1e6, 2)}
 
 
-def vxlan(side, name: str, local: str, remote: str, dev: str, addr: str) -> None:
-    side.run("ip", "link", "add", name, "type", "vxlan", "id", "42", "local", local, "remote", remote,
+def vxlan(side, name: str, vni: int, local: str, remote: str, dev: str, addr: str) -> None:
+    side.run("ip", "link", "add", name, "type", "vxlan", "id", str(vni), "local", local, "remote", remote,
              "dev", dev, "dstport", "4789")
     side.run("ip", "addr", "add", f"{addr}/24", "dev", name)
     side.run("ip", "link", "set", name, "mtu", str(VXLAN_MTU), "up")
@@ -70,7 +70,7 @@ def test_kernel_throughput_figures(ns_pair) -> None:
     sides = (a, b)
     # Unencrypted VXLAN on the veth.
     for i, (s, o) in enumerate(((a, b), (b, a))):
-        vxlan(s, "vxp", s.addr, o.addr, s.ns, f"10.250.1.{i + 1}")
+        vxlan(s, "vxp", 41, s.addr, o.addr, s.ns, f"10.250.1.{i + 1}")
     # Kernel WireGuard, and VXLAN on it.
     wg_keys = [keypair(), keypair()]
     wg_transit = ("10.249.1.1", "10.249.1.2")
@@ -84,7 +84,7 @@ def test_kernel_throughput_figures(ns_pair) -> None:
         s.run("ip", "addr", "add", f"{wg_transit[i]}/24", "dev", "wg0")
         s.run("ip", "link", "set", "wg0", "mtu", str(TRANSIT_MTU), "up")
     for i, s in enumerate(sides):
-        vxlan(s, "vxw", wg_transit[i], wg_transit[1 - i], "wg0", f"10.250.2.{i + 1}")
+        vxlan(s, "vxw", 42, wg_transit[i], wg_transit[1 - i], "wg0", f"10.250.2.{i + 1}")
     # meshnet's IPsec transit, and VXLAN on it.
     ip_keys = [keypair(), keypair()]
     ip_transit = ("10.249.2.1", "10.249.2.2")
@@ -102,7 +102,7 @@ def test_kernel_throughput_figures(ns_pair) -> None:
         t.apply("mnet0", diff(t.read("mnet0")[0], want))
         assert diff(t.read("mnet0")[0], want) == []
     for i, s in enumerate(sides):
-        vxlan(s, "vxi", ip_transit[i], ip_transit[1 - i], "mnet0", f"10.250.3.{i + 1}")
+        vxlan(s, "vxi", 43, ip_transit[i], ip_transit[1 - i], "mnet0", f"10.250.3.{i + 1}")
     paths = {"veth": b.addr, "vxlan": "10.250.1.2", "vxlan/wireguard": "10.250.2.2",
              "vxlan/ipsec": "10.250.3.2"}
     for addr in paths.values():  # ARP, handshakes: out of the timed part
