@@ -233,6 +233,13 @@ def test_routed_network_over_kernel_wireguard(lab):
     allowed = sh(lab, 1, "wg", "show", "mnet0", "allowed-ips").stdout
     assert f"{eps[2]['ip']}/32" in allowed and f"{eps[3]['ip']}/32" in allowed, allowed
     assert f"{eps[1]['ip']}/32" not in allowed  # its own endpoint is local, not a peer's
+    # Gone again: the endpoints' addresses leave the peers' allowed IPs through netlink.
+    for k in HOSTS:
+        lab.client(k).delete(f"/v1/endpoints/r{k}")
+    lab.client(1).delete("/v1/networks/kr")
+    for k in HOSTS:
+        wait_for(f"h{k} to drop the routed addresses", lambda k=k: all(
+            len(p.allowed_ips) == 1 for p in read_device(lab, k)[0].peers.values()), timeout=60)
 
 
 def test_reconcile_stops_changing_the_device(lab):
