@@ -12,7 +12,10 @@ the `meshnet_status` cookie (set by `POST /login` or by opening `/?token=T`), as
 Also here: the liveness probe. Killing an agent leaves its host's WireGuard device up
 (handshakes stay fresh), so every PROBE_INTERVAL s each agent opens a TCP connection to
 every peer's control port through the tunnel: the connect time is the RTT, a refusal or
-timeout means that agent is down.
+timeout means that agent is down. Only while someone looks (the page, its events,
+`meshnet status`, /metrics) and for PROBE_IDLE_AFTER s after: that is N-1 connections
+out and in every 2 s, which an idle agent should not pay (SWIM watches the members
+anyway). The first look after a pause probes once before it answers.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ FRESH = 180.0  # a handshake younger than this is fresh (WireGuard rekeys every 
 UPDATE_INTERVAL = 2.0
 PROBE_INTERVAL = 2.0
 PROBE_TIMEOUT = 1.5
+PROBE_IDLE_AFTER = 60.0
 EVENTS_SHOWN = 50
 STATS_MAX_AGE = 1.0
 
@@ -119,8 +123,16 @@ def _auth_middleware(token: str | None):
 
 # -- liveness probe ------------------------------------------------------------------------
 
+def _watched_recently(agent: Agent) -> bool:
+    return time.monotonic() - getattr(agent, "_status_seen", -PROBE_IDLE_AFTER - 1) <= PROBE_IDLE_AFTER
+
+
 async def probe_loop(agent: Agent) -> None:
+    wake = agent.__dict__.setdefault("_probe_wake", asyncio.Event())
     while True:
+        if not _watched_recently(agent):
+            wake.clear()
+            await wake.wait()
         try:
             await probe_once(agent)
         except Exception:  # never let one bad round end the loop
@@ -178,6 +190,13 @@ def health(view: dict, reach: dict | None) -> str:
 
 
 async def _refresh(agent: Agent) -> None:
+    if not _watched_recently(agent):  # the probes were paused: reach is stale
+        agent._status_seen = time.monotonic()
+        with contextlib.suppress(Exception):
+            await probe_once(agent)
+    agent._status_seen = time.monotonic()
+    if (wake := getattr(agent, "_probe_wake", None)) is not None:
+        wake.set()
     last = getattr(agent, "_stats_read", 0.0)
     if time.monotonic() - last >= STATS_MAX_AGE:
         agent._stats_read = time.monotonic()

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from meshnet.gossip.swim import Event, Outgoing, Status, Swim, SwimConfig
 
 log = logging.getLogger(__name__)
+POLL = 1.0  # seconds between checks that the tunnel interface is still the one we bound to
 
 
 class SwimTransport:
@@ -88,8 +89,10 @@ class SwimTransport:
                     self._open()
                 index = current
             self._send(self.swim.tick(self._now()))
+            # Sleep until SWIM's next timer (a message in, or new members, wake us earlier),
+            # at most POLL to notice a re-made tunnel: no fixed 10 Hz tick on an idle agent.
             deadline = self.swim.next_deadline()
-            delay = 0.1 if deadline is None else min(0.1, max(0.0, deadline - self._now()))
+            delay = POLL if deadline is None else min(POLL, max(0.0, deadline - self._now()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay if index is not None else 1.0)
