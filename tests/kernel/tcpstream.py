@@ -8,7 +8,7 @@ is pseudo-random (seeded), so a hash mismatch means bytes were lost or altered.
 `nohash` (for throughput figures) leaves the hashing out: under TCG it costs more CPU
 than the kernel's path. The receiver's seconds run from the first byte to EOF. Stdlib
 only: a new Python process under TCG costs seconds, and this one imports little.
-Used by tests/kernel/test_ipsec_rotation.py and bench_throughput.py (bench/kernel_throughput.py).
+Used by tests/kernel/test_ipsec_rotation_guest.py and bench_throughput.py (bench/kernel_throughput.py).
 """
 
 from __future__ import annotations
