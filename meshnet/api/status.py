@@ -243,13 +243,14 @@ async def overview(agent: Agent, local: web.Application | None = None) -> dict:
     ov = agent.overlay
     eps = ov.live_endpoints()
     names = ov._node_names()
-    mtu = st["transit_mtu"] - VXLAN_OVERHEAD if st["transit_mtu"] else None
+    transit_mtu = st["transit_mtu"]
     for n in ov.network_views():
         by_host: dict[str, list[dict]] = {}
         for e in eps:
             if e.network == n["id"]:
                 by_host.setdefault(names.get(e.node, e.node), []).append({"name": e.name, "ip": e.ip})
-        n["mtu"] = mtu
+        # A routed network's endpoints have the whole transit MTU (docs/routed.md).
+        n["mtu"] = (transit_mtu - (VXLAN_OVERHEAD if n["mode"] == "l2" else 0)) if transit_mtu else None
         n["endpoints_by_host"] = dict(sorted(by_host.items()))
         out["networks"].append(n)
     if (services := _services(agent)) is not None:
