@@ -214,7 +214,7 @@ class Membership:
     async def _exchange(self, host: str, port: int, token: JoinToken, kind: str, payload: dict) -> dict:
         req = handshake.seal_request(token, kind, payload)
         url = f"http://{host}:{port}/join/v1"
-        resp = await self._http.post(url, json=req.envelope, timeout=10)
+        resp = await self._http.post(url, json=req.envelope, timeout=10, close=True)
         if resp.status_code == 403:
             raise JoinRefused(f"join refused by {host}:{port}: {resp.json().get('error')}")
         if resp.status_code != 200:

@@ -44,16 +44,21 @@ class PeerClient:
         return self._session
 
     async def request(self, method: str, url: str, json: object = None,
-                      timeout: float | None = None) -> Response:
-        extra = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
+                      timeout: float | None = None, close: bool = False) -> Response:
+        """`close`: do not keep the connection for reuse (a join seed on the underlay:
+        an idle pooled connection there would linger, then close, outside the tunnel)."""
+        extra: dict = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
+        if close:
+            extra["headers"] = {"Connection": "close"}
         try:
             async with self._open().request(method, url, json=json, **extra) as r:
                 return Response(r.status, await r.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise PeerError(str(e) or type(e).__name__) from e
 
-    async def post(self, url: str, json: object = None, timeout: float | None = None) -> Response:
-        return await self.request("POST", url, json=json, timeout=timeout)
+    async def post(self, url: str, json: object = None, timeout: float | None = None,
+                   close: bool = False) -> Response:
+        return await self.request("POST", url, json=json, timeout=timeout, close=close)
 
     async def get(self, url: str, timeout: float | None = None) -> Response:
         return await self.request("GET", url, timeout=timeout)
