@@ -1,7 +1,9 @@
 """The kernel applier for meshnet.plan.overlay: read the overlay data plane, apply ops.
 
 What is ours is recognised by name only: bridges `mnb-*`, VXLAN devices `mnv-*`, host-side
-veths `mnh-*`; FDB entries with a `dst` and permanent neighbour entries on `mnv-*`.
+veths `mnh-*` (and `mnr-*` for routed networks); FDB entries with a `dst` and permanent
+neighbour entries on `mnv-*` and `mnr-*`; routes with protocol 109; the nftables table
+`inet meshnet-l3` (host/firewall.py).
 
 `read()` reports what the kernel has, in the plan's dataclasses, so that an item equals
 its desired counterpart only when the kernel object is exactly right. Facts the
@@ -234,7 +236,7 @@ def read() -> OverlayState:
         for a in ipr.get_addr():
             addrs.setdefault(a["index"], []).append(a)
         bridges, vxlans, veths = set(), set(), []
-        vx_index: dict[int, str] = {}
+        entry_devs: dict[int, str] = {}
         for ln in links:
             name, kind, idx = ln.get_attr("IFLA_IFNAME"), _kind(ln), ln["index"]
             mtu, master = ln.get_attr("IFLA_MTU"), names.get(ln.get_attr("IFLA_MASTER"), "")
@@ -247,22 +249,22 @@ def read() -> OverlayState:
                 vxlans.add(Vxlan(name, data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LOCAL") or "",
                                  mtu if ok else 0, master, data.get("IFLA_VXLAN_PORT"),
                                  names.get(data.get("IFLA_VXLAN_LINK"), "")))
-                vx_index[idx] = name
+                entry_devs[idx] = name
             elif name.startswith(VETH_PREFIX) and kind == "veth":
                 veths.append((ln, master, bare))
             elif name.startswith(ROUTED_PREFIX) and kind == "veth":
                 veths.append((ln, master, bare and _routed_sysctls_ok(name)))
-                vx_index[idx] = name  # it has permanent neighbour entries too
+                entry_devs[idx] = name  # it carries permanent neighbour entries too
         fdb, neigh = set(), set()
-        if vx_index:
+        if entry_devs:
             for m in ipr.fdb("dump"):
                 dst = m.get_attr("NDA_DST")
-                if m["ifindex"] in vx_index and dst and m["state"] & nud["permanent"]:
-                    fdb.add(Fdb(vx_index[m["ifindex"]], m.get_attr("NDA_LLADDR"), dst))
+                if m["ifindex"] in entry_devs and dst and m["state"] & nud["permanent"]:
+                    fdb.add(Fdb(entry_devs[m["ifindex"]], m.get_attr("NDA_LLADDR"), dst))
             for m in ipr.get_neighbours(family=AF_INET):
                 mac = m.get_attr("NDA_LLADDR")
-                if m["ifindex"] in vx_index and mac and m["state"] & nud["permanent"]:
-                    neigh.add(Neigh(vx_index[m["ifindex"]], m.get_attr("NDA_DST"), mac))
+                if m["ifindex"] in entry_devs and mac and m["state"] & nud["permanent"]:
+                    neigh.add(Neigh(entry_devs[m["ifindex"]], m.get_attr("NDA_DST"), mac))
         routes = set()
         for r in ipr.get_routes(family=AF_INET, table=MAIN_TABLE):
             if r["proto"] != RTPROT_MESHNET or r.get_attr("RTA_DST") is None:
