@@ -193,6 +193,13 @@ def test_node_views_and_netlink_read_back(lab):
     assert "ago" in out.stdout
 
 
+def ns_ping(lab: Lab, k: int, ep: dict, ip: str) -> bool:
+    """One ping from endpoint `ep` on host k, straight into its namespace: a `meshnet
+    exec` costs seconds under TCG."""
+    ns = f"mne-{ep['id'][:12]}"
+    return sh(lab, k, "ip", "netns", "exec", ns, "ping", "-c1", "-W2", ip).returncode == 0
+
+
 def test_overlay_network_over_kernel_wireguard(lab):
     c = lab.client(1)
     c.post("/v1/networks", {"name": "kn"})
@@ -206,13 +213,8 @@ def test_overlay_network_over_kernel_wireguard(lab):
         out = sh(lab, k, "ip", "-d", "link", "show", "type", "vxlan")
         assert "vxlan id" in out.stdout, out.stdout + out.stderr
 
-    def ns_ping(a: int, ip: str) -> bool:
-        # Straight into the endpoint's namespace: a `meshnet exec` costs seconds under TCG.
-        ns = f"mne-{eps[a]['id'][:12]}"
-        return sh(lab, a, "ip", "netns", "exec", ns, "ping", "-c1", "-W2", ip).returncode == 0
-
     for a, b in permutations(HOSTS, 2):
-        wait_for(f"k{a} to ping k{b}", lambda a=a, b=b: ns_ping(a, eps[b]["ip"]), timeout=60)
+        wait_for(f"k{a} to ping k{b}", lambda a=a, b=b: ns_ping(lab, a, eps[a], eps[b]["ip"]), timeout=60)
     # And once the way a user does it.
     out = meshnet(lab, 1, "exec", "k1", "--", "ping", "-c1", "-W2", eps[3]["ip"])
     assert out.returncode == 0, out.stdout + out.stderr
@@ -224,12 +226,8 @@ def test_routed_network_over_kernel_wireguard(lab):
     lab.client(1).post("/v1/networks", {"name": "kr", "options": {"mode": "l3"}})
     eps = {k: lab.client(k).post("/v1/endpoints", {"network": "kr", "name": f"r{k}"}) for k in HOSTS}
 
-    def ns_ping(a: int, ip: str) -> bool:
-        ns = f"mne-{eps[a]['id'][:12]}"
-        return sh(lab, a, "ip", "netns", "exec", ns, "ping", "-c1", "-W2", ip).returncode == 0
-
     for a, b in permutations(HOSTS, 2):
-        wait_for(f"r{a} to ping r{b}", lambda a=a, b=b: ns_ping(a, eps[b]["ip"]), timeout=60)
+        wait_for(f"r{a} to ping r{b}", lambda a=a, b=b: ns_ping(lab, a, eps[a], eps[b]["ip"]), timeout=60)
     allowed = sh(lab, 1, "wg", "show", "mnet0", "allowed-ips").stdout
     assert f"{eps[2]['ip']}/32" in allowed and f"{eps[3]['ip']}/32" in allowed, allowed
     assert f"{eps[1]['ip']}/32" not in allowed  # its own endpoint is local, not a peer's

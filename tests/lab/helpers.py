@@ -137,3 +137,16 @@ WHOAMI = ("import http.server,os\n"
           " def do_GET(s):\n"
           "  b=os.environ['MESHNET_TASK'].encode();s.send_response(200);s.end_headers();s.wfile.write(b)\n"
           "http.server.ThreadingHTTPServer(('0.0.0.0',8000),H).serve_forever()")
+
+
+def ep_exec(lab: Lab, k: int, name: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run argv inside endpoint `name` on host k (`meshnet exec`)."""
+    return meshnet(lab, k, "exec", name, "--", *argv, timeout=timeout)
+
+
+def ep_ping(lab: Lab, k: int, name: str, ip: str, *extra: str) -> subprocess.CompletedProcess:
+    return ep_exec(lab, k, name, "ping", "-c", "1", "-W", "2", *extra, ip)
+
+
+def make_endpoint(lab: Lab, k: int, network: str, name: str, **kw) -> dict:
+    return lab.client(k).post("/v1/endpoints", {"network": network, "name": name, **kw})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from itertools import permutations
 
 import pytest
@@ -16,6 +15,8 @@ from tests.lab.helpers import (
     assert_only_wireguard_on_lan,
     bulk_transfer,
     capture,
+    ep_ping,
+    make_endpoint,
     meshnet,
     read_pcap,
     sh,
@@ -29,18 +30,6 @@ def lab():
 
 def api(lab: Lab, k: int):
     return lab.client(k)
-
-
-def ep_exec(lab: Lab, k: int, name: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return meshnet(lab, k, "exec", name, "--", *argv, timeout=timeout)
-
-
-def ep_ping(lab: Lab, k: int, name: str, ip: str, *extra: str) -> subprocess.CompletedProcess:
-    return ep_exec(lab, k, name, "ping", "-c", "1", "-W", "2", *extra, ip)
-
-
-def make_endpoint(lab: Lab, k: int, network: str, name: str, **kw) -> dict:
-    return api(lab, k).post("/v1/endpoints", {"network": network, "name": name, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -15,25 +15,22 @@ from meshnet.lab import Lab
 from meshnet.plan.overlay import L3Filter
 from tests.conftest import wait_for
 from tests.lab.conftest import cluster_lab, unique_name
-from tests.lab.helpers import WHOAMI, assert_only_wireguard_on_lan, bulk_transfer, meshnet, sh
+from tests.lab.helpers import (
+    WHOAMI,
+    assert_only_wireguard_on_lan,
+    bulk_transfer,
+    ep_exec,
+    ep_ping,
+    make_endpoint,
+    meshnet,
+    sh,
+)
 
 
 @pytest.fixture(scope="module")
 def lab():
     with cluster_lab("r", 3) as lb:
         yield lb
-
-
-def ep_exec(lab: Lab, k: int, name: str, *argv: str) -> subprocess.CompletedProcess:
-    return meshnet(lab, k, "exec", name, "--", *argv)
-
-
-def ep_ping(lab: Lab, k: int, name: str, ip: str, *extra: str) -> subprocess.CompletedProcess:
-    return ep_exec(lab, k, name, "ping", "-c", "1", "-W", "2", *extra, ip)
-
-
-def make_endpoint(lab: Lab, k: int, network: str, name: str) -> dict:
-    return lab.client(k).post("/v1/endpoints", {"network": network, "name": name})
 
 
 def forwarding(lab: Lab, k: int, ifname: str = "mnet0") -> str:
